@@ -1,0 +1,84 @@
+"""Accuracy, generated tokens and wall time of single, text_mas and latent_mas on GSM8K.
+
+Default: Qwen2.5-Coder-0.5B-Instruct, greedy, the last 100 problems of GSM8K train (which every
+training run holds out), all methods in one process so the speed ratios are measured side by side.
+
+    DIFFMAS_DATA_DIR=../shared/data python benchmarks/gsm8k_methods.py --out benchmarks/results/gsm8k-last100
+
+Targets (issue 2): latent_mas at least 4x faster than text_mas with at least 75% fewer generated
+tokens. The script prints both ratios and writes them to <out>/benchmark.json.
+
+Methods are interleaved one batch at a time (single, text_mas, latent_mas on problems 1-16, then
+on 17-32, ...), so that whatever else the machine is doing slows every method alike; the ratios
+compare the methods' own per-problem seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from diffmas.engine import LM
+from diffmas.evaluate import EvalConfig, evaluate
+from diffmas.models import load_model
+from diffmas.report import ratio_lines, summary_table
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--task", default="gsm8k")
+    p.add_argument("--split", default="train")
+    p.add_argument("--last", type=int, default=100, help="evaluate the last N problems of the split")
+    p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"])
+    p.add_argument("--topology", default="sequential")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--agent-max-new-tokens", type=int, default=256)
+    p.add_argument("--latent-steps", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/gsm8k-last100")
+    p.add_argument("--resume", action="store_true", help="keep finished records of an earlier run")
+    args = p.parse_args()
+
+    t0 = time.perf_counter()
+    lm = LM(*load_model(args.model, dtype="bfloat16"))
+    load_seconds = time.perf_counter() - t0
+    base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
+                      topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps)
+    if not args.resume:
+        for method in args.methods:
+            shutil.rmtree(Path(args.out) / method, ignore_errors=True)
+    summaries: list[dict] = []
+    for end in range(args.batch_size, args.last + args.batch_size, args.batch_size):
+        # resume=True: each call adds the next batch of problems to the method's records.
+        summaries = [evaluate(replace(base, method=m, out=str(Path(args.out) / m), limit=min(end, args.last),
+                                      resume=True), lm=lm, progress=False)
+                     for m in args.methods]
+        print(f"-- {min(end, args.last)}/{args.last} problems\n{summary_table(summaries)}", flush=True)
+
+    print("\n" + summary_table(summaries))
+    ratios = ratio_lines(summaries)
+    for line in ratios:
+        print(line)
+    report = {
+        "summaries": summaries, "ratios": ratios, "model_load_seconds": load_seconds,
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "command": "python benchmarks/gsm8k_methods.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
+            if not isinstance(v, bool)),
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "benchmark.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

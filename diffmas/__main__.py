@@ -1,0 +1,5 @@
+import sys
+
+from diffmas.cli import main
+
+sys.exit(main())

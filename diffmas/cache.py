@@ -1,0 +1,128 @@
+"""The shared KV trace that latent agents write to and read from.
+
+A batch of B problems shares one :class:`transformers.DynamicCache` of length L. Every agent adds
+*segments* to it ([A1 prompt, A1 latents, A2 prompt, A2 latents, ..., final prompt, final text]);
+nothing is ever overwritten. Prompts of different lengths are left-padded *per segment*, so pads
+can sit in the middle of the trace. Two (B, L) masks describe it:
+
+* ``real``: 1 where the position holds a real token or latent vector, 0 for padding. Position ids
+  count real positions only, so a row's positions do not depend on how much padding its batch
+  needed; this is what makes greedy answers independent of the batch size.
+* ``visible``: 0 where a segment is hidden from later queries (independent agents in the
+  hierarchical topology, communication dropout). Hidden positions still count for positions.
+
+The attention mask handed to the model is ``real & visible``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Columns [start, end) of the trace, written by one agent."""
+
+    agent: str
+    kind: str  # "prompt" | "latent" | "text"
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+class SharedKVCache:
+    """Named operations on the shared trace: length, append, truncate, hide/show segments."""
+
+    def __init__(self, batch_size: int, device: torch.device | str = "cpu", config=None):
+        self.kv = DynamicCache(config=config) if config is not None else DynamicCache()
+        self.device = torch.device(device)
+        self.real = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
+        self.visible = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
+        self.segments: list[Segment] = []
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.real.shape[0]
+
+    def __len__(self) -> int:
+        """Number of cached positions (columns, pads included)."""
+        return self.real.shape[1]
+
+    def real_lengths(self) -> torch.Tensor:
+        """(B,) number of real positions per row."""
+        return self.real.sum(dim=1)
+
+    def segments_of(self, agent: str) -> list[Segment]:
+        return [s for s in self.segments if s.agent == agent]
+
+    # -- inputs for the next forward --------------------------------------------------------
+    def position_ids(self, new_real: torch.Tensor) -> torch.Tensor:
+        """(B, T) position ids for T new columns whose real-mask is ``new_real``.
+
+        Real columns continue each row's count of real positions; pad columns get the position of
+        the next real token (their value is irrelevant: they are masked as keys, and their own
+        outputs are never read).
+        """
+        offset = self.real_lengths().unsqueeze(1)  # (B, 1)
+        pos = offset + torch.cumsum(new_real, dim=1) - new_real
+        return pos.long()
+
+    def attention_mask(self, new_real: torch.Tensor) -> torch.Tensor:
+        """(B, L + T) mask over the cached columns and the T new ones."""
+        return torch.cat([self.real * self.visible, new_real.long()], dim=1)
+
+    # -- mutation ---------------------------------------------------------------------------
+    def append(self, agent: str, kind: str, new_real: torch.Tensor) -> Segment:
+        """Record T columns that a forward pass just appended to ``self.kv``."""
+        new_real = new_real.long().to(self.device)
+        start = len(self)
+        self.real = torch.cat([self.real, new_real], dim=1)
+        self.visible = torch.cat([self.visible, torch.ones_like(new_real)], dim=1)
+        if self.kv.get_seq_length() != len(self):
+            raise RuntimeError(
+                f"KV cache holds {self.kv.get_seq_length()} positions but the trace records {len(self)}; "
+                "every forward pass on the shared cache must be followed by exactly one append()"
+            )
+        seg = Segment(agent, kind, start, len(self))
+        # Consecutive columns of the same agent and kind (one decode step at a time) form one segment.
+        if self.segments and (last := self.segments[-1]).agent == agent and last.kind == kind and last.end == start:
+            seg = Segment(agent, kind, last.start, len(self))
+            self.segments[-1] = seg
+        else:
+            self.segments.append(seg)
+        return seg
+
+    def set_visible(self, segment: Segment, visible: bool, rows: torch.Tensor | None = None) -> None:
+        """Hide or show a segment from later queries, for all rows or the boolean ``rows`` (B,)."""
+        cols = slice(segment.start, segment.end)
+        if rows is None:
+            self.visible[:, cols] = int(visible)
+        else:
+            self.visible[rows.to(self.device), cols] = int(visible)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (1-D indices), e.g. to stop computing finished ones."""
+        rows = rows.to(self.device)
+        self.kv.batch_select_indices(rows)
+        self.real = self.real[rows]
+        self.visible = self.visible[rows]
+
+    def truncate(self, length: int) -> None:
+        """Drop every column from ``length`` on (e.g. to reuse a prefix)."""
+        if not 0 <= length <= len(self):
+            raise ValueError(f"cannot truncate a trace of length {len(self)} to {length}")
+        if length < len(self):
+            self.kv.crop(length - len(self))  # transformers 5: a negative count of positions to drop
+        self.real = self.real[:, :length]
+        self.visible = self.visible[:, :length]
+        kept = []
+        for s in self.segments:
+            if s.start < length:
+                kept.append(Segment(s.agent, s.kind, s.start, min(s.end, length)))
+        self.segments = kept

@@ -1,0 +1,46 @@
+"""The ``diffmas`` command: thin subcommands over the Python API, each with ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import sys
+
+from diffmas.errors import DiffMASError
+
+SUBCOMMANDS = {
+    "models": ("diffmas.cli.models", "list the offline models and install them"),
+    "tasks": ("diffmas.cli.tasks", "list the tasks (benchmarks)"),
+    "run": ("diffmas.cli.run", "answer one question and show what every agent contributed"),
+    "eval": ("diffmas.cli.eval", "evaluate a method on a task"),
+    "demo": ("diffmas.cli.demo", "the main job: compare every method on built-in data"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: diffmas <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `diffmas <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        return module.main(rest)
+    except DiffMASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

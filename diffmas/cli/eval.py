@@ -1,0 +1,26 @@
+"""``diffmas eval``: evaluate a method on a task and print a summary table."""
+
+from __future__ import annotations
+
+from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.evaluate import RECORDS, SUMMARY, EvalConfig, evaluate
+from diffmas.report import summary_table
+
+
+def print_summary(summary: dict) -> None:
+    print()
+    print(summary_table([summary]))
+    if summary["skipped_rows"]:
+        reasons = "; ".join(summary["skipped_reasons"][:3])
+        print(f"\nskipped {summary['skipped_rows']} malformed data rows ({reasons})")
+    print(f"\npeak memory {summary['peak_memory_mb']:.0f} MB, wall time {summary['wall_seconds']:.1f}s")
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = parse_config("diffmas eval", "Evaluate a method on a task.", EvalConfig, argv)
+    quiet_transformers()
+    summary = evaluate(cfg)
+    print_summary(summary)
+    out = cfg.out_dir()
+    print(f"records: {out / RECORDS}\nsummary: {out / SUMMARY}")
+    return 0

@@ -1,0 +1,175 @@
+"""A thin wrapper around a Hugging Face causal LM for running agents on a shared KV trace.
+
+We do not fork the model: the wrapper calls the model's own decoder (which returns hidden states
+and never touches the output head) and applies the output head only where logits are needed: on
+the last position of a prompt that is followed by decoding, and on each decoded token. Latent
+steps therefore cost no head at all (for Qwen2.5-0.5B the head is 136M of 494M parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffmas.cache import SharedKVCache
+from diffmas.errors import DiffMASError
+from diffmas.models import stop_token_ids
+
+
+@dataclass
+class Sampling:
+    """How the next token is chosen. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise DiffMASError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DiffMASError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class LM:
+    """A causal LM seen as a decoder (hidden states) plus an output head (logits on demand)."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        text_config = model.config.get_text_config()
+        self.softcap = getattr(text_config, "final_logit_softcapping", None)
+        self.max_positions = int(getattr(text_config, "max_position_embeddings", 1 << 30))
+        self.stop_ids = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long)
+        if tokenizer.pad_token_id is not None:
+            self.pad_id = tokenizer.pad_token_id
+        elif len(self.stop_ids):
+            self.pad_id = int(self.stop_ids[0])
+        else:
+            self.pad_id = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    def new_cache(self, batch_size: int) -> SharedKVCache:
+        return SharedKVCache(batch_size, self.device, config=self.model.config)
+
+    # -- text <-> ids ---------------------------------------------------------------------
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat prompt ending where the assistant's answer begins."""
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(out, dict) or hasattr(out, "input_ids"):  # BatchEncoding in some versions
+                out = out["input_ids"]
+            return list(out)
+        # Base models without a template: a plain transcript.
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- forward passes ---------------------------------------------------------------------
+    def forward(
+        self,
+        cache: SharedKVCache,
+        agent: str,
+        kind: str,
+        new_real: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append T columns to the trace; return the last column's final hidden state (B, d).
+
+        ``new_real`` is the (B, T) real-token mask of the new columns. Callers left-pad, so the
+        last column is real in every row and its hidden state is never a pad's.
+        """
+        new_real = new_real.to(cache.device)
+        out = self.decoder(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=cache.attention_mask(new_real),
+            position_ids=cache.position_ids(new_real),
+            past_key_values=cache.kv,
+            use_cache=True,
+        )
+        cache.append(agent, kind, new_real)
+        return out.last_hidden_state[:, -1, :]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, d) hidden states -> (B, V) float32 logits."""
+        logits = self.head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def prefill(self, cache: SharedKVCache, agent: str, prompts: list[list[int]]) -> torch.Tensor:
+        """Left-pad a batch of prompts into one segment of the trace; return (B, d) last hidden."""
+        if len(prompts) != cache.batch_size:
+            raise ValueError(f"got {len(prompts)} prompts for a batch of {cache.batch_size}")
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if p:
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                real[i, width - len(p):] = 1
+        return self.forward(cache, agent, "prompt", real, input_ids=ids.to(self.device))
+
+    def _choose(self, logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) -> torch.Tensor:
+        if sampling.temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+            drop = sorted_p.cumsum(-1) - sorted_p > sampling.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0)
+            pick = torch.multinomial(sorted_p, 1, generator=gen).squeeze(-1)
+            return order.gather(-1, pick[:, None]).squeeze(-1)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+    def decode(
+        self,
+        cache: SharedKVCache,
+        agent: str,
+        last_hidden: torch.Tensor,
+        max_new_tokens: int,
+        sampling: Sampling | None = None,
+    ) -> list[list[int]]:
+        """Generate up to ``max_new_tokens`` per row after the trace; return the ids per row (the
+        stop token included when one was produced).
+
+        Rows that finish are dropped from the cache (it ends with only the rows still running at
+        the last step), so a batch costs what its unfinished rows cost, not what its longest row
+        costs times the batch size. Decoding is always the last thing done with a trace.
+        """
+        sampling = sampling or Sampling()
+        gen = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.temperature > 0 else None
+        out: list[list[int]] = [[] for _ in range(cache.batch_size)]
+        rows = torch.arange(cache.batch_size)  # rows[k]: the output row of cache row k
+        hidden = last_hidden
+        for step in range(max_new_tokens):
+            nxt = self._choose(self.logits(hidden).cpu(), sampling, gen)
+            for k, r in enumerate(rows.tolist()):
+                out[r].append(int(nxt[k]))
+            if step == max_new_tokens - 1:
+                break
+            running = ~torch.isin(nxt, self.stop_ids)
+            if not bool(running.all()):
+                keep = torch.nonzero(running).flatten()
+                if keep.numel() == 0:
+                    break
+                cache.select_rows(keep)
+                rows, nxt = rows[keep], nxt[keep]
+            ones = torch.ones(len(rows), 1, dtype=torch.long)
+            hidden = self.forward(cache, agent, "text", ones, input_ids=nxt[:, None].to(self.device))
+        return out

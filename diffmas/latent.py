@@ -1,0 +1,83 @@
+"""Latent steps: feeding an agent's last hidden state back as its next input embedding.
+
+The last layer's hidden state h lives in the output space of the model (it is what the output head
+reads), and its norm is far larger than that of a token embedding. Before feeding it back we map it
+into the input-embedding space with the ridge least-squares *realignment* of LatentMAS,
+
+    W_a = solve(W_out^T W_out + lambda I, W_out^T W_in)        (d x d, computed in float32)
+
+so that ``h @ W_a`` approximates the input embedding of the token that h would predict, and then
+rescale every vector to the mean L2 norm of the input-embedding rows (that rescaling matters even
+with realignment switched off).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffmas.engine import LM
+
+
+def _input_embedding_scale(lm: LM) -> float:
+    # Gemma-style models multiply looked-up embeddings by a constant; inputs_embeds bypass that,
+    # so latent vectors must be produced already scaled.
+    scale = getattr(lm.model.get_input_embeddings(), "embed_scale", 1.0)
+    return float(scale.item() if torch.is_tensor(scale) else scale)
+
+
+class Realigner:
+    """Maps (B, d) last-layer hidden states to (B, 1, d) input embeddings for the next step."""
+
+    def __init__(self, lm: LM, realign: bool = True, ridge: float = 1e-5):
+        w_in = lm.model.get_input_embeddings().weight.detach().float()  # (V, d)
+        w_out = lm.head.weight.detach().float()  # (V, d)
+        self.realign = realign
+        self.dtype = lm.dtype
+        self.target_norm = float(w_in.norm(dim=1).mean()) * _input_embedding_scale(lm)
+        self.matrix: torch.Tensor | None = None
+        if realign:
+            d = w_out.shape[1]
+            gram = w_out.T @ w_out + ridge * torch.eye(d, device=w_out.device)
+            self.matrix = torch.linalg.solve(gram, w_out.T @ w_in)  # (d, d)
+
+    @classmethod
+    def for_lm(cls, lm: LM, realign: bool = True) -> "Realigner":
+        """The realigner of ``lm``, solved once per model (it reads the whole vocabulary)."""
+        cached = lm.__dict__.setdefault("_realigners", {})
+        if realign not in cached:
+            cached[realign] = cls(lm, realign=realign)
+        return cached[realign]
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.float()
+        if self.matrix is not None:
+            x = x @ self.matrix
+        x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        return x.to(self.dtype).unsqueeze(1)
+
+
+def run_latent_steps(
+    lm: LM,
+    cache,
+    agent: str,
+    hidden: torch.Tensor,
+    steps: int,
+    realigner: Realigner,
+    readout_k: int = 0,
+) -> tuple[torch.Tensor, list[list[list[str]]]]:
+    """Run ``steps`` latent steps for ``agent`` starting from its (B, d) last hidden state.
+
+    Returns the last hidden state and, if ``readout_k > 0``, a logit-lens readout of every latent
+    vector passed: readouts[b][i] is the top-k tokens of step i for row b. The readout applies the
+    output head and is for display only; evaluation leaves it off.
+    """
+    batch = hidden.shape[0]
+    readouts: list[list[list[str]]] = [[] for _ in range(batch)]
+    ones = torch.ones(batch, 1, dtype=torch.long)
+    for _ in range(steps):
+        if readout_k:
+            top = lm.logits(hidden).topk(readout_k, dim=-1).indices.tolist()
+            for b in range(batch):
+                readouts[b].append([lm.tokenizer.decode([t]) for t in top[b]])
+        hidden = lm.forward(cache, agent, "latent", ones, inputs_embeds=realigner(hidden))
+    return hidden, readouts

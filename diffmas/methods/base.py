@@ -1,0 +1,103 @@
+"""What every method shares: its settings, its output (a trace per problem) and its interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffmas.agents import SystemSpec
+from diffmas.config import option
+from diffmas.engine import LM, Sampling
+from diffmas.errors import ContextLengthError, DiffMASError
+
+
+@dataclass
+class MethodConfig:
+    latent_steps: int = option(10, "latent steps per upstream agent (latent_mas)")
+    realign: bool = option(True, "map hidden states into the input-embedding space before feeding them back")
+    max_new_tokens: int = option(512, "token budget of the agent that writes the answer")
+    agent_max_new_tokens: int = option(256, "token budget of each intermediate text agent (text_mas)")
+    temperature: float = option(0.0, "sampling temperature; 0 means greedy")
+    top_p: float = option(1.0, "nucleus sampling mass (with temperature > 0)")
+    seed: int = option(0, "random seed for sampling")
+    readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.latent_steps <= 1024:
+            raise DiffMASError(f"latent_steps must be in [0, 1024], got {self.latent_steps}")
+        for name in ("max_new_tokens", "agent_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise DiffMASError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def sampling(self, offset: int = 0) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.seed + offset)
+
+
+@dataclass
+class AgentTrace:
+    """One agent's contribution to one problem."""
+
+    agent: str
+    role: str
+    prompt_tokens: int
+    text: str | None = None  # decoded text (text agents and the final agent)
+    generated_tokens: int = 0
+    latent_steps: int = 0
+    readout: list[list[str]] | None = None  # logit-lens top-k tokens per latent vector
+
+
+@dataclass
+class Trace:
+    """Everything a method did for one problem."""
+
+    final_text: str
+    agents: list[AgentTrace] = field(default_factory=list)
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(a.generated_tokens for a in self.agents)
+
+    @property
+    def latent_steps(self) -> int:
+        return sum(a.latent_steps for a in self.agents)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.agents)
+
+
+class Method:
+    """A way of answering a batch of questions with one model."""
+
+    name = "method"
+    uses_system = False
+
+    def __init__(
+        self,
+        lm: LM,
+        config: MethodConfig | None = None,
+        *,
+        family: str = "math",
+        answer_format: str,
+        system: SystemSpec | None = None,
+    ):
+        self.lm = lm
+        self.config = config or MethodConfig()
+        self.family = family
+        self.answer_format = answer_format
+        self.system = system
+        if self.uses_system and system is None:
+            raise DiffMASError(f"method {self.name} needs a multi-agent system")
+
+    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+        raise NotImplementedError
+
+    def check_fits(self, ids: list[str] | None, needed: list[int], what: str) -> None:
+        """Raise a clear error if a problem needs more positions than the model has."""
+        for i, n in enumerate(needed):
+            if n > self.lm.max_positions:
+                name = ids[i] if ids else f"#{i}"
+                raise ContextLengthError(
+                    f"example {name}: {what} needs {n} positions but the model's context is "
+                    f"{self.lm.max_positions}; shorten the question, lower --max-new-tokens"
+                    " / --agent-max-new-tokens / --latent-steps, or use a model with a longer context"
+                )

@@ -1,0 +1,38 @@
+"""``text_mas``: agents talk in text; each agent's decoded text goes into later agents' prompts."""
+
+from __future__ import annotations
+
+from diffmas.methods.base import AgentTrace, Method, Trace
+from diffmas.prompts import agent_messages
+
+
+class TextMAS(Method):
+    name = "text_mas"
+    uses_system = True
+
+    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+        lm, cfg, system = self.lm, self.config, self.system
+        batch = len(questions)
+        texts: list[list[str]] = [[] for _ in range(batch)]
+        traces: list[list[AgentTrace]] = [[] for _ in range(batch)]
+        for j, agent in enumerate(system.agents):
+            final = j == len(system.agents) - 1
+            budget = cfg.max_new_tokens if final else (agent.max_new_tokens or cfg.agent_max_new_tokens)
+            prompts = []
+            for b, question in enumerate(questions):
+                earlier = [(system.agents[k].name, texts[b][k]) for k in system.sees(j)]
+                messages = agent_messages(
+                    agent.instruction(self.family), question, final=final,
+                    answer_format=self.answer_format, earlier=earlier,
+                )
+                prompts.append(lm.chat_ids(messages))
+            self.check_fits(ids, [len(p) + budget for p in prompts], f"agent {agent.name}'s prompt plus its tokens")
+            # Each agent starts from a fresh cache: text MAS passes text, not state.
+            cache = lm.new_cache(batch)
+            hidden = lm.prefill(cache, agent.name, prompts)
+            outputs = lm.decode(cache, agent.name, hidden, budget, cfg.sampling(offset=j))
+            for b, (prompt, out) in enumerate(zip(prompts, outputs)):
+                text = lm.decode_text(out)
+                texts[b].append(text)
+                traces[b].append(AgentTrace(agent.name, agent.role, len(prompt), text, len(out)))
+        return [Trace(texts[b][-1], traces[b]) for b in range(batch)]

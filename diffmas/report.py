@@ -1,0 +1,39 @@
+"""Readable summaries of evaluation runs."""
+
+from __future__ import annotations
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}min"
+
+
+def summary_table(summaries: list[dict]) -> str:
+    """A Markdown table, one row per run: accuracy with its 95% interval, tokens and time."""
+    header = ["method", "task", "n", "accuracy", "95% CI", "gen tokens", "latent steps", "s/problem", "total",
+              "no answer"]
+    rows = []
+    for s in summaries:
+        lo, hi = s["ci95"]
+        rows.append([
+            s["method"], s["task"], str(s["n"]), f"{100 * s['accuracy']:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}",
+            f"{s['mean_generated_tokens']:.1f}", f"{s['mean_latent_steps']:.0f}", f"{s['mean_seconds']:.2f}",
+            _fmt_seconds(s["method_seconds"]), str(s["extraction_failures"]),
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def ratio_lines(summaries: list[dict], fast: str = "latent_mas", slow: str = "text_mas") -> list[str]:
+    """Speed and token ratios of two methods measured in the same run."""
+    by = {s["method"]: s for s in summaries}
+    if fast not in by or slow not in by:
+        return []
+    a, b = by[fast], by[slow]
+    speed = b["method_seconds"] / a["method_seconds"] if a["method_seconds"] else float("inf")
+    saved = 1 - a["mean_generated_tokens"] / b["mean_generated_tokens"] if b["mean_generated_tokens"] else 0.0
+    return [f"{fast} is {speed:.2f}x faster than {slow} and generates {100 * saved:.1f}% fewer tokens"]

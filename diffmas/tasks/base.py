@@ -1,0 +1,238 @@
+"""Task interface, loading pipeline and registry.
+
+A task turns raw benchmark rows into :class:`Example` objects and scores model outputs against them.
+Subclasses only describe where their data lives and implement :meth:`Task.parse_row`; the shared
+:meth:`Task.load` does source resolution (file -> DIFFMAS_DATA_DIR -> hub), skipping of malformed
+rows, and offset/limit windowing so that every task behaves the same for users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffmas.errors import DataError, UnknownNameError
+from diffmas.tasks import answers, io
+
+MAX_REASONS = 10  # enough to diagnose a bad file without flooding logs
+
+
+class RowError(ValueError):
+    """A row that cannot become an Example; its message is the skip reason."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: what agents see (``question``) and the canonical ``gold`` answer."""
+
+    id: str
+    question: str
+    gold: str
+    meta: dict = field(default_factory=dict, hash=False)  # dicts are unhashable
+
+
+@dataclass
+class LoadResult:
+    examples: list[Example]
+    skipped: int
+    skipped_reasons: list[str]
+    source: str
+
+
+def require(row: dict[str, Any], key: str) -> Any:
+    """``row[key]``, or a RowError naming the missing field."""
+    if key not in row or row[key] is None:
+        raise RowError(f"missing field {key!r}")
+    return row[key]
+
+
+def require_text(row: dict[str, Any], key: str) -> str:
+    value = require(row, key)
+    if not isinstance(value, str):
+        raise RowError(f"field {key!r} is {type(value).__name__}, expected text")
+    if not value.strip():
+        raise RowError(f"field {key!r} is empty")
+    return value
+
+
+def window(items: list, offset: int | None, limit: int | None) -> list:
+    """Apply ``offset`` (negative = the last |offset| items) and then ``limit`` (the first N)."""
+    if offset:
+        items = items[offset:]  # Python slicing already means "skip N" / "last |N|"
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        items = items[:limit]
+    return items
+
+
+class Task:
+    """Base class of all tasks; see the module docstring for the loading pipeline."""
+
+    name: str = ""
+    family: str = "math"  # "math" | "multiple_choice" | "code"
+    answer_format: str = ""
+    splits: tuple[str, ...] = ()
+    default_split: str = "test"
+    split_aliases: dict[str, str] = {}
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split_names: dict[str, str] = {}  # our split name -> hub split name, when they differ
+    data_subdir: str = ""  # folder under DIFFMAS_DATA_DIR
+    local_files: dict[str, tuple[str, ...]] = {}  # split -> candidate file names in data_subdir
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ({self.family})>"
+
+    # ----------------------------------------------------------------- loading
+    def resolve_split(self, split: str | None) -> str:
+        if split is None:
+            return self.default_split
+        key = split.strip().lower()
+        key = self.split_aliases.get(key, key)
+        if key not in self.splits:
+            valid = list(self.splits) + list(self.split_aliases)
+            raise UnknownNameError("split", split, valid, hint=f"(task {self.name})")
+        return key
+
+    def load(self, split: str | None = None, data_path: str | None = None, limit: int | None = None,
+             seed: int = 0, offset: int | None = None) -> LoadResult:
+        """Load examples; ``seed`` only matters for generated tasks or option shuffling, never order.
+
+        ``offset`` is applied before ``limit``: offset=-100 keeps the last 100 examples.
+        """
+        resolved = self.resolve_split(split)
+        if data_path is not None and split is None:
+            # A file given without a split: label ids by the file name, not a split it may not be.
+            label = Path(data_path).name.split(".")[0] or resolved
+        else:
+            label = resolved
+        rows, source = self.raw_rows(resolved, data_path)
+        examples, skipped, reasons = self._parse_rows(rows, label, seed)
+        if not examples:
+            detail = f"; first problems: {'; '.join(reasons)}" if reasons else ""
+            raise DataError(f"{self.name}: no valid examples in {source} ({skipped} malformed rows "
+                            f"skipped){detail}")
+        return LoadResult(window(examples, offset, limit), skipped, reasons, source)
+
+    def raw_rows(self, split: str, data_path: str | None) -> tuple[list[io.RawRow], str]:
+        """Rows and a description of where they came from, following the resolution order."""
+        if data_path is not None:
+            return io.read_rows(data_path), str(data_path)
+        root = io.data_dir()
+        if root is not None:
+            names = self.local_files.get(split)
+            if not names:
+                raise DataError(f"{self.name}: no local file layout is known for split {split!r} "
+                                f"(known: {', '.join(self.local_files) or 'none'}); pass --data-path FILE")
+            path = io.find_in_data_dir(root, self.data_subdir, names, f"{self.name} split {split!r}")
+            return io.read_rows(path), str(path)
+        if self.hub_id is None:
+            raise DataError(f"{self.name} has no hub dataset; {io.OFFLINE_HINT}")
+        hub_split = self.hub_split_names.get(split, split)
+        source = f"{self.hub_id}" + (f"[{self.hub_config}]" if self.hub_config else "") + f":{hub_split}"
+        return io.hub_rows(self.hub_id, self.hub_config, hub_split), source
+
+    def _parse_rows(self, rows: list[io.RawRow], split: str, seed: int):
+        examples: list[Example] = []
+        skipped, reasons = 0, []
+        for raw in rows:
+            error = raw.error
+            if error is None:
+                try:
+                    examples.append(self.parse_row(raw.row, raw.index, split, seed))
+                except (RowError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+                    # Rows come from files we do not control: any shape error means "skip it".
+                    error = str(err) if isinstance(err, RowError) else f"{type(err).__name__}: {err}"
+            if error is not None:
+                skipped += 1
+                if len(reasons) < MAX_REASONS:
+                    reasons.append(f"{raw.where}: {error}")
+        return examples, skipped, reasons
+
+    def parse_row(self, row: dict[str, Any], index: int, split: str, seed: int) -> Example:
+        """Turn one raw row into an Example, raising RowError with a reason when it is malformed."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- scoring
+    def extract_answer(self, text: str, example: Example | None = None) -> str | None:
+        """The final answer in ``text`` in canonical form (``example`` narrows valid options)."""
+        raise NotImplementedError
+
+    def is_correct(self, prediction: str | None, example: Example) -> bool:
+        raise NotImplementedError
+
+    def score(self, text: str, example: Example) -> tuple[str | None, bool]:
+        """Extract the answer from a model output and compare it: the single evaluation entry point."""
+        pred = self.extract_answer(text or "", example)
+        return pred, (pred is not None and self.is_correct(pred, example))
+
+
+# --------------------------------------------------------------------- registry
+_REGISTRY: dict[str, Task] = {}
+
+
+def _key(name: str) -> str:
+    # "synthetic_arith", "Synthetic-Arith" and "arc-easy" all find their task.
+    return name.strip().lower().replace("_", "-")
+
+
+def register_task(cls_or_instance):
+    """Register a Task subclass (instantiated with no arguments) or instance; usable as decorator."""
+    task = cls_or_instance() if isinstance(cls_or_instance, type) else cls_or_instance
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError(f"register_task needs a named Task, got {cls_or_instance!r}")
+    existing = _REGISTRY.get(_key(task.name))
+    if existing is not None and type(existing) is not type(task):
+        raise ValueError(f"task name {task.name!r} is already registered by {type(existing).__name__}")
+    _REGISTRY[_key(task.name)] = task
+    return cls_or_instance
+
+
+def get_task(name: str) -> Task:
+    task = _REGISTRY.get(_key(name))
+    if task is None:
+        raise UnknownNameError("task", name, [t.name for t in _REGISTRY.values()])
+    return task
+
+
+def list_tasks() -> list[Task]:
+    return sorted(_REGISTRY.values(), key=lambda t: t.name)
+
+
+# --------------------------------------------------------------------- families
+class MathTask(Task):
+    """Tasks whose gold is a number (or LaTeX expression) compared mathematically."""
+
+    family = "math"
+    answer_format = "Put the final numerical answer in \\boxed{}."
+
+    def extract_answer(self, text: str, example: Example | None = None) -> str | None:
+        return answers.extract_math_answer(text)
+
+    def is_correct(self, prediction: str | None, example: Example) -> bool:
+        return answers.math_equal(prediction, example.gold)
+
+
+class MultipleChoiceTask(Task):
+    """Tasks whose gold is an option letter; ``meta["labels"]``/``meta["choices"]`` list the options."""
+
+    family = "multiple_choice"
+    answer_format = "Put the letter of the correct option in \\boxed{}, e.g. \\boxed{B}."
+
+    def extract_answer(self, text: str, example: Example | None = None) -> str | None:
+        if example is None:
+            return answers.extract_choice(text)
+        letters = example.meta.get("labels") or answers.LETTERS[: len(example.meta.get("choices", ())) or 5]
+        return answers.extract_choice(text, letters, example.meta.get("choices"))
+
+    def is_correct(self, prediction: str | None, example: Example) -> bool:
+        return prediction is not None and prediction.strip().upper() == example.gold.strip().upper()
+
+
+def format_options(stem: str, texts: list[str]) -> tuple[str, list[str]]:
+    """Question text with option lines ``A) ...`` and the letters used."""
+    letters = list(answers.LETTERS[: len(texts)])
+    lines = [stem.strip()] + [f"{letter}) {text}" for letter, text in zip(letters, texts)]
+    return "\n".join(lines), letters

@@ -1,0 +1,185 @@
+"""The shared KV trace, batched prefill/decode and latent steps on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffmas.agents import AgentSpec, SystemSpec, load_system
+from diffmas.engine import LM, Sampling
+from diffmas.errors import ContextLengthError
+from diffmas.latent import Realigner, run_latent_steps
+from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
+
+QUESTIONS = [
+    "What is 2 + 3?",
+    "Tom has 17 apples. He gives 5 to Ann and buys 12 more. How many apples does he have now?",
+    "x",
+    "A train travels 60 km per hour for 3 hours. How far does it go?",
+]
+
+
+@pytest.fixture(params=["tiny_qwen", "tiny_llama"])
+def lm(request) -> LM:
+    model, tokenizer = request.getfixturevalue(request.param)
+    return LM(model, tokenizer)
+
+
+def ids(lm: LM, text: str) -> list[int]:
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def test_cache_lengths_and_segments_advance(lm):
+    prompts = [ids(lm, "short"), ids(lm, "a somewhat longer prompt here")]
+    cache = lm.new_cache(2)
+    h = lm.prefill(cache, "A", prompts)
+    width = max(map(len, prompts))
+    assert len(cache) == width == cache.kv.get_seq_length()
+    assert cache.real_lengths().tolist() == [len(p) for p in prompts]
+    h, _ = run_latent_steps(lm, cache, "A", h, 3, Realigner(lm))
+    assert len(cache) == width + 3
+    lm.prefill(cache, "B", prompts)
+    assert [(s.agent, s.kind, len(s)) for s in cache.segments] == [("A", "prompt", width), ("A", "latent", 3),
+                                                                     ("B", "prompt", width)]
+    assert cache.real_lengths().tolist() == [2 * len(p) + 3 for p in prompts]
+    cache.truncate(width + 1)
+    assert len(cache) == cache.kv.get_seq_length() == width + 1
+    assert [(s.kind, len(s)) for s in cache.segments] == [("prompt", width), ("latent", 1)]
+
+
+@torch.no_grad()
+def test_positions_count_real_tokens_only(lm):
+    cache = lm.new_cache(2)
+    lm.prefill(cache, "A", [ids(lm, "ab"), ids(lm, "a much longer prompt")])
+    new_real = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    pos = cache.position_ids(new_real)
+    n0, n1 = cache.real_lengths().tolist()
+    assert pos[0, 1:].tolist() == [n0, n0 + 1]
+    assert pos[1].tolist() == [n1, n1 + 1, n1 + 2]
+
+
+@torch.no_grad()
+def test_padded_rows_match_unpadded_rows(lm):
+    """The hidden state fed back is always that of a real token, with real-token positions."""
+    prompts = [ids(lm, q) for q in QUESTIONS]
+    cache = lm.new_cache(len(prompts))
+    batched = lm.prefill(cache, "A", prompts)
+    batched, _ = run_latent_steps(lm, cache, "A", batched, 2, Realigner(lm))
+    batched = lm.prefill(cache, "B", prompts[::-1])
+    for b, p in enumerate(prompts):
+        alone = lm.new_cache(1)
+        h = lm.prefill(alone, "A", [p])
+        h, _ = run_latent_steps(lm, alone, "A", h, 2, Realigner(lm))
+        h = lm.prefill(alone, "B", [prompts[::-1][b]])
+        torch.testing.assert_close(batched[b], h[0], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_trace_equals_one_plain_forward(lm):
+    """With 0 latent steps the final agent reads exactly the concatenated upstream prompts."""
+    a, b = ids(lm, "first agent prompt"), ids(lm, "final agent prompt")
+    cache = lm.new_cache(1)
+    lm.prefill(cache, "A", [a])
+    h = lm.prefill(cache, "B", [b])
+    full = lm.model(input_ids=torch.tensor([a + b])).logits[0, -1]
+    torch.testing.assert_close(lm.logits(h)[0], full.float(), atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_latent_step_feeds_realigned_hidden_state(lm):
+    cache = lm.new_cache(1)
+    prompt = ids(lm, "think about this")
+    h = lm.prefill(cache, "A", [prompt])
+    realigner = Realigner(lm)
+    h2, _ = run_latent_steps(lm, cache, "A", h, 1, realigner)
+    embeds = torch.cat([lm.model.get_input_embeddings()(torch.tensor([prompt])), realigner(h)], dim=1)
+    expected = lm.decoder(inputs_embeds=embeds).last_hidden_state[0, -1]
+    torch.testing.assert_close(h2[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_realigner_solves_ridge_problem_and_rescales(lm):
+    r = Realigner(lm, realign=True)
+    w_in = lm.model.get_input_embeddings().weight.detach().float()
+    w_out = lm.head.weight.detach().float()
+    lhs = (w_out.T @ w_out + 1e-5 * torch.eye(w_out.shape[1])) @ r.matrix
+    torch.testing.assert_close(lhs, w_out.T @ w_in, atol=1e-3, rtol=1e-3)
+    h = torch.randn(3, w_out.shape[1]) * 50
+    for realign in (True, False):
+        out = Realigner(lm, realign=realign)(h)
+        assert out.shape == (3, 1, w_out.shape[1])
+        norms = out.float().norm(dim=-1).flatten()
+        torch.testing.assert_close(norms, torch.full_like(norms, w_in.norm(dim=1).mean().item()), rtol=1e-3, atol=1e-3)
+
+
+@torch.no_grad()
+def test_latent_steps_never_compute_logits(lm):
+    calls = []
+    handle = lm.head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    try:
+        method = LatentMAS(lm, MethodConfig(latent_steps=5, max_new_tokens=4), answer_format="Box it.",
+                           system=load_system("sequential"))
+        traces = method.run(QUESTIONS[:2])
+    finally:
+        handle.remove()
+    # One head call per decoded token position, each on (B, d) last-position states only.
+    assert len(calls) == max(t.generated_tokens for t in traces)
+    assert all(len(shape) == 2 for shape in calls)
+
+
+@pytest.mark.parametrize("method_name", ["single", "text_mas", "latent_mas"])
+@pytest.mark.parametrize("topology", ["sequential", "hierarchical"])
+@torch.no_grad()
+def test_batch_size_never_changes_greedy_answers(lm, method_name, topology):
+    if method_name == "single" and topology == "hierarchical":
+        pytest.skip("single has no topology")
+    cls = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}[method_name]
+    cfg = MethodConfig(latent_steps=3, max_new_tokens=12, agent_max_new_tokens=6)
+    method = cls(lm, cfg, answer_format="Box it.", system=load_system(topology))
+    questions = (QUESTIONS * 4)[:16]
+    batched = method.run(questions)
+    for q, t in zip(questions[:4], batched[:4]):
+        alone = method.run([q])[0]
+        assert alone.final_text == t.final_text
+        assert alone.generated_tokens == t.generated_tokens
+
+
+@torch.no_grad()
+def test_hierarchical_agents_do_not_see_each_other(lm):
+    """A domain agent's latent thoughts are the same whether or not a sibling ran before it."""
+    sys2 = SystemSpec("h", "hierarchical", [AgentSpec("M", "math"), AgentSpec("S", "science"),
+                                             AgentSpec("F", "summariser")])
+    method = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.",
+                       system=sys2)
+    trace = method.run([QUESTIONS[1]])[0]
+    alone = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.",
+                      system=SystemSpec("h1", "hierarchical", [AgentSpec("S", "science"), AgentSpec("F", "summariser")]))
+    trace_alone = alone.run([QUESTIONS[1]])[0]
+    assert trace.agents[1].readout == trace_alone.agents[0].readout
+
+
+@torch.no_grad()
+def test_zero_latent_steps_final_agent_reads_upstream_prompts(lm):
+    cfg = MethodConfig(latent_steps=0, max_new_tokens=3)
+    method = LatentMAS(lm, cfg, answer_format="Box it.", system=load_system("sequential"))
+    trace = method.run([QUESTIONS[0]])[0]
+    assert trace.latent_steps == 0
+    n_prompt = sum(a.prompt_tokens for a in trace.agents)
+    assert n_prompt > trace.agents[-1].prompt_tokens  # upstream prompts are in the trace
+
+
+@torch.no_grad()
+def test_sampling_is_seeded(lm):
+    cfg = MethodConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
+    a = SingleAgent(lm, cfg, answer_format="x").run(QUESTIONS[:2])
+    b = SingleAgent(lm, cfg, answer_format="x").run(QUESTIONS[:2])
+    assert [t.final_text for t in a] == [t.final_text for t in b]
+    with pytest.raises(Exception, match="top_p"):
+        Sampling(temperature=1.0, top_p=0.0)
+
+
+def test_context_overflow_names_the_example(lm):
+    cfg = MethodConfig(max_new_tokens=lm.max_positions)
+    method = SingleAgent(lm, cfg, answer_format="x")
+    with pytest.raises(ContextLengthError, match="example q-7"):
+        method.run(["hello"], ids=["q-7"])

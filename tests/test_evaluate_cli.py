@@ -1,0 +1,116 @@
+"""`diffmas eval` / `run` / `models` end to end on a tiny model saved as a local directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffmas.cli import main
+from diffmas.evaluate import wilson_interval
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_qwen):
+    path = tmp_path_factory.mktemp("tiny-model")
+    model, tokenizer = tiny_qwen
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def eval_args(model_dir, out, *extra):
+    return ["eval", "--model", model_dir, "--dtype", "float32", "--task", "synthetic-arith", "--limit", "5",
+            "--batch-size", "2", "--max-new-tokens", "6", "--agent-max-new-tokens", "4", "--latent-steps", "2",
+            "--out", str(out), *extra]
+
+
+def read(out):
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["single", "text_mas", "latent_mas"])
+def test_eval_writes_records_and_summary(model_dir, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(eval_args(model_dir, out, "--method", method)) == 0
+    records = read(out)
+    assert len(records) == 5 and len({r["id"] for r in records}) == 5
+    for key in ("id", "prediction", "gold", "correct", "generated_tokens", "latent_steps", "seconds"):
+        assert key in records[0]
+    assert all(r["latent_steps"] == (6 if method == "latent_mas" else 0) for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["method"] == method
+    assert summary["ci95"][0] <= summary["accuracy"] <= summary["ci95"][1]
+    assert summary["peak_memory_mb"] > 0
+    assert "| " + method in capsys.readouterr().out
+
+
+def test_resume_skips_written_examples_without_duplicates(model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(eval_args(model_dir, out, "--method", "single")) == 0
+    full = read(out)
+    # Simulate a run killed after the first batch, with a torn last line.
+    lines = (out / "records.jsonl").read_text().splitlines()
+    (out / "records.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    assert main(eval_args(model_dir, out, "--method", "single")) == 1  # refuses to overwrite without --resume
+    assert main(eval_args(model_dir, out, "--method", "single", "--resume")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    ids = [r["id"] for r in read_valid(out)]
+    assert sorted(ids) == sorted(r["id"] for r in full) and summary["n"] == 5
+    by_id = {r["id"]: r["prediction"] for r in full}
+    assert all(by_id[r["id"]] == r["prediction"] for r in read_valid(out))
+
+
+def read_valid(out):
+    rows = []
+    for line in (out / "records.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--method", "telepathy"], "valid methods: latent_mas, single, text_mas"),
+        (["eval", "--task", "gsm9k"], "did you mean 'gsm8k'"),
+        (["eval", "--model", "no-such-model-xyz"], "qwen2.5-coder-0.5b-instruct"),
+        (["eval", "--batch-size", "0"], "batch_size must be"),
+    ],
+)
+def test_bad_names_give_a_clear_error_and_nonzero_exit(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(argv + ["--limit", "1"]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_dir_is_reported(model_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(eval_args(model_dir, blocker / "sub", "--method", "single")) == 1
+    assert "choose another --out" in capsys.readouterr().err
+
+
+def test_run_shows_latent_readout(model_dir, capsys):
+    argv = ["run", "--model", model_dir, "--dtype", "float32", "--question", "What is 2+3?", "--latent-steps", "2",
+            "--max-new-tokens", "4", "--readout-k", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("2 latent steps") == 3 and "logit lens" in out and "answer:" in out
+
+
+def test_usage_and_unknown_command(capsys):
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert main(["eval", "--help"]) == 0
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and 0 < hi < 0.35
+    lo, hi = wilson_interval(50, 100)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
