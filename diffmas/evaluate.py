@@ -29,12 +29,9 @@ SUMMARY = "summary.json"
 
 
 @dataclass
-class EvalConfig(MethodConfig):
-    task: str = option("synthetic-arith", "task name (see `diffmas tasks`)")
-    split: str | None = option(None, "data split (default: the task's own default)")
-    data_path: str | None = option(None, "read the task's data from this local file")
-    offset: int | None = option(None, "skip the first N examples; negative: keep only the last |N|")
-    limit: int | None = option(None, "evaluate at most N examples (after --offset)")
+class SetupConfig(MethodConfig):
+    """Which model and which method (with its system) to run: shared by `eval` and `run`."""
+
     method: str = option("latent_mas", "single | text_mas | latent_mas")
     model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
     dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
@@ -42,6 +39,26 @@ class EvalConfig(MethodConfig):
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")
     system: str | None = option(None, "built-in system name or YAML file defining the agents")
     topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
+
+    def method_config(self) -> MethodConfig:
+        return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
+
+    def load_lm(self) -> LM:
+        from diffmas.models import load_model
+
+        return LM(*load_model(self.model, dtype=self.dtype, device=self.device, cache_dir=self.cache_dir))
+
+    def build_method(self, lm: LM, task: Task) -> Method:
+        return build_method(self.method, lm, self.method_config(), task, self.system, self.topology)
+
+
+@dataclass
+class EvalConfig(SetupConfig):
+    task: str = option("synthetic-arith", "task name (see `diffmas tasks`)")
+    split: str | None = option(None, "data split (default: the task's own default)")
+    data_path: str | None = option(None, "read the task's data from this local file")
+    offset: int | None = option(None, "skip the first N examples; negative: keep only the last |N|")
+    limit: int | None = option(None, "evaluate at most N examples (after --offset)")
     batch_size: int = option(8, "problems per batch")
     out: str | None = option(None, "output directory (default: runs/<task>-<method>)")
     resume: bool = option(False, "skip examples already written to the output directory")
@@ -50,9 +67,6 @@ class EvalConfig(MethodConfig):
         super().__post_init__()
         if not 1 <= self.batch_size <= 1024:
             raise DiffMASError(f"batch_size must be in [1, 1024], got {self.batch_size}")
-
-    def method_config(self) -> MethodConfig:
-        return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.task}-{self.method}")
@@ -164,11 +178,8 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     out = _prepare_out(cfg)
     done = {r["id"] for r in _clean_records(out / RECORDS)} if cfg.resume else set()
     todo = [ex for ex in loaded.examples if ex.id not in done]
-    if lm is None:
-        from diffmas.models import load_model
-
-        lm = LM(*load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir))
-    method = build_method(cfg.method, lm, cfg.method_config(), task, cfg.system, cfg.topology)
+    lm = lm or cfg.load_lm()
+    method = cfg.build_method(lm, task)
     torch.manual_seed(cfg.seed)
     bar = tqdm(total=len(loaded.examples), initial=len(loaded.examples) - len(todo), disable=not progress,
                desc=f"{cfg.method} on {cfg.task}", unit="problem")

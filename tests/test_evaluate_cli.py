@@ -114,3 +114,37 @@ def test_wilson_interval():
     assert lo == 0 and 0 < hi < 0.35
     lo, hi = wilson_interval(50, 100)
     assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
+
+
+def test_demo_compares_every_method(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", model_dir, "--limit", "2", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for method in ("single", "text_mas", "latent_mas"):
+        assert f"| {method}" in text
+        assert (out / method / "summary.json").is_file()
+    assert "faster than text_mas" in text
+
+
+def test_run_requires_a_question(capsys):
+    assert main(["run"]) == 1
+    assert "--question is required" in capsys.readouterr().err
+
+
+def test_models_lists_every_offline_model_with_install_commands(capsys, tmp_path):
+    assert main(["models", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct",
+                 "gemma-3-270m"):
+        assert name in out
+    assert "* qwen2.5-coder-0.5b-instruct" in out  # the default is marked
+    assert main(["models", "install"]) == 2  # a name is required
+    assert main(["models", "install", "qwen-9000"]) == 1
+    assert "valid models" in capsys.readouterr().err
+
+
+def test_tasks_lists_the_registry(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gsm8k", "arc_easy", "arc_challenge", "synthetic-arith"):
+        assert name in out

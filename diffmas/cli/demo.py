@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from diffmas.cli._common import quiet_transformers
-from diffmas.engine import LM
 from diffmas.evaluate import EvalConfig, evaluate
 from diffmas.methods import METHODS
 from diffmas.report import ratio_lines, summary_table
@@ -25,13 +24,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args(argv)
     quiet_transformers()
-    from diffmas.models import load_model
-
     base = EvalConfig(task=args.task, split="test", model=args.model, limit=args.limit,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, resume=True)
     print(f"Evaluating {', '.join(METHODS)} on {args.limit} {args.task} problems with {args.model}.")
     print("On 2 CPU cores this takes about 10 minutes; finished methods are kept if you stop and rerun.")
-    lm = LM(*load_model(args.model, dtype=base.dtype))
+    lm = base.load_lm()
     summaries = []
     for name in METHODS:
         cfg = replace(base, method=name, out=str(Path(args.out) / name))
