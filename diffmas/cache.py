@@ -16,6 +16,8 @@ The attention mask handed to the model is ``real & visible``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +108,30 @@ class SharedKVCache:
         else:
             self.visible[rows.to(self.device), cols] = int(visible)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Append columns as constants: forward passes inside run under ``no_grad``, while the
+        entries already cached keep their autograd graph.
+
+        A bare ``no_grad`` is not enough once earlier entries carry a graph: transformers'
+        ``DynamicLayer`` stores each layer as one tensor and appends by ``keys = cat([keys, new])``,
+        so a ``no_grad`` append replaces the stored tensor with a detached copy and silently cuts
+        the gradient of every earlier entry. On exit we re-join the old tensors (graph included)
+        with the new, detached columns.
+        """
+        layers = self.kv.layers
+        before = [(lay.keys, lay.values) if getattr(lay, "is_initialized", False) else None for lay in layers]
+        start = len(self)
+        with torch.no_grad():
+            yield
+        if not torch.is_grad_enabled():
+            return
+        added = len(self) - start
+        for layer, old in zip(self.kv.layers, before):
+            if old is not None and (old[0].requires_grad or old[1].requires_grad):
+                layer.keys = _rejoin(old[0], layer.keys, added)
+                layer.values = _rejoin(old[1], layer.values, added)
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only the batch rows ``rows`` (1-D indices), e.g. to stop computing finished ones."""
         rows = rows.to(self.device)
@@ -126,3 +152,13 @@ class SharedKVCache:
             if s.start < length:
                 kept.append(Segment(s.agent, s.kind, s.start, min(s.end, length)))
         self.segments = kept
+
+
+def _rejoin(old: torch.Tensor, new: torch.Tensor, added: int) -> torch.Tensor:
+    """``new`` (B, H, L, D) ends with ``added`` fresh columns, preceded by the last L - added
+    columns of ``old`` (all of them, unless a sliding window dropped some) as detached copies.
+    Returns the same values with those columns taken from ``old``, graph included."""
+    kept = new.shape[-2] - added
+    if kept <= 0:
+        return new
+    return torch.cat([old[..., old.shape[-2] - kept :, :], new[..., kept:, :]], dim=-2)

@@ -8,6 +8,7 @@ steps therefore cost no head at all (for Qwen2.5-0.5B the head is 136M of 494M p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,10 @@ class LM:
         self.softcap = getattr(text_config, "final_logit_softcapping", None)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 1 << 30))
         self.stop_ids = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long)
+        # Called with the agent's name before every forward pass on its behalf, so that per-agent
+        # state (the active LoRA adapter, see diffmas.train.adapters) follows the agent that
+        # writes each column of the trace. None: one model for every agent.
+        self.agent_hook: Callable[[str], None] | None = None
         if tokenizer.pad_token_id is not None:
             self.pad_id = tokenizer.pad_token_id
         elif len(self.stop_ids):
@@ -78,6 +83,31 @@ class LM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # -- forward passes ---------------------------------------------------------------------
+    def forward_states(
+        self,
+        cache: SharedKVCache,
+        agent: str,
+        kind: str,
+        new_real: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append T columns to the trace on behalf of ``agent``; return their (B, T, d) final
+        hidden states. ``new_real`` is the (B, T) real-token mask of the new columns."""
+        if self.agent_hook is not None:
+            self.agent_hook(agent)
+        new_real = new_real.to(cache.device)
+        out = self.decoder(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=cache.attention_mask(new_real),
+            position_ids=cache.position_ids(new_real),
+            past_key_values=cache.kv,
+            use_cache=True,
+        )
+        cache.append(agent, kind, new_real)
+        return out.last_hidden_state
+
     def forward(
         self,
         cache: SharedKVCache,
@@ -92,17 +122,8 @@ class LM:
         ``new_real`` is the (B, T) real-token mask of the new columns. Callers left-pad, so the
         last column is real in every row and its hidden state is never a pad's.
         """
-        new_real = new_real.to(cache.device)
-        out = self.decoder(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=cache.attention_mask(new_real),
-            position_ids=cache.position_ids(new_real),
-            past_key_values=cache.kv,
-            use_cache=True,
-        )
-        cache.append(agent, kind, new_real)
-        return out.last_hidden_state[:, -1, :]
+        states = self.forward_states(cache, agent, kind, new_real, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        return states[:, -1, :]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d) hidden states -> (B, V) float32 logits."""

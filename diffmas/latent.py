@@ -9,11 +9,17 @@ into the input-embedding space with the ridge least-squares *realignment* of Lat
 so that ``h @ W_a`` approximates the input embedding of the token that h would predict, and then
 rescale every vector to the mean L2 norm of the input-embedding rows (that rescaling matters even
 with realignment switched off).
+
+:class:`CommAdapter` is the trainable version of that map (DiffMAS's communication encoder): it
+starts as the realignment and learns from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 from diffmas.engine import LM
 
@@ -56,16 +62,53 @@ class Realigner:
         return x.to(self.dtype).unsqueeze(1)
 
 
+class CommAdapter(nn.Module):
+    """A trainable hidden-state -> latent-input map, initialised to a :class:`Realigner`.
+
+    ``x = h @ W``, rescaled to the input-embedding norm times a learned ``scale``. At
+    initialisation ``W`` is the realignment matrix (the identity when realignment is off) and
+    ``scale`` is 1, which reproduces the realigner bit for bit, so a freshly built DiffMAS system
+    behaves exactly like LatentMAS. The parameters stay float32 whatever the model's dtype (the
+    realignment is solved in float32 too); only the output is cast to the model's dtype.
+    """
+
+    def __init__(self, realigner: Realigner, hidden_size: int):
+        super().__init__()
+        init = realigner.matrix if realigner.matrix is not None else torch.eye(hidden_size)
+        self.weight = nn.Parameter(init.detach().clone().float())  # (d, d)
+        self.scale = nn.Parameter(torch.ones((), device=init.device))
+        self.target_norm = realigner.target_norm  # a float, exactly as the realigner uses it
+        self.dtype = realigner.dtype
+
+    @classmethod
+    def from_lm(cls, lm: LM, realign: bool = True) -> "CommAdapter":
+        return cls(Realigner.for_lm(lm, realign), lm.head.weight.shape[1])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, d) last-layer hidden states -> (B, 1, d) input embeddings, like a Realigner."""
+        x = hidden.float() @ self.weight
+        # Same operations in the same order as Realigner.__call__ (scale == 1 is exact), then scale.
+        x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        x = x * self.scale
+        return x.to(self.dtype).unsqueeze(1)
+
+
+LatentMap = Callable[[torch.Tensor], torch.Tensor]  # (B, d) hidden -> (B, 1, d) next input embedding
+
+
 def run_latent_steps(
     lm: LM,
     cache,
     agent: str,
     hidden: torch.Tensor,
     steps: int,
-    realigner: Realigner,
+    realigner: LatentMap,
     readout_k: int = 0,
 ) -> tuple[torch.Tensor, list[list[list[str]]]]:
     """Run ``steps`` latent steps for ``agent`` starting from its (B, d) last hidden state.
+
+    ``realigner`` maps each hidden state to the next input: a :class:`Realigner` or a trainable
+    :class:`CommAdapter`.
 
     Returns the last hidden state and, if ``readout_k > 0``, a logit-lens readout of every latent
     vector passed: readouts[b][i] is the top-k tokens of step i for row b. The readout applies the

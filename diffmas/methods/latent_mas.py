@@ -5,22 +5,47 @@ and then runs latent steps (its last hidden state, realigned, fed back as the ne
 final agent prefills its prompt on top of the whole trace and decodes the answer. The trace is
 [A1 prompt, A1 latents, A2 prompt, A2 latents, ..., final prompt, answer]; nothing is overwritten.
 With 0 latent steps the final agent still reads the upstream agents' prompt segments.
+
+:meth:`LatentMAS.build_trace` is everything up to the answer. Inference decodes on top of it;
+training (diffmas.train.objective) teacher-forces a target on top of the very same trace.
 """
 
 from __future__ import annotations
 
-from diffmas.latent import Realigner, run_latent_steps
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from diffmas.cache import SharedKVCache
+from diffmas.latent import LatentMap, Realigner, run_latent_steps
 from diffmas.methods.base import AgentTrace, Method, Trace
 from diffmas.prompts import agent_messages
+
+
+@dataclass
+class BuiltTrace:
+    """A batch's shared trace, ready for the final agent's answer."""
+
+    cache: SharedKVCache
+    last_hidden: torch.Tensor  # (B, d): final hidden state of the final agent's last prompt token
+    prompts: list[list[list[int]]]  # prompts[j][b]: token ids of agent j's prompt for row b
+    agents: list[list[AgentTrace]]  # agents[b]: one AgentTrace per upstream agent of row b
 
 
 class LatentMAS(Method):
     name = "latent_mas"
     uses_system = True
+    # A trainable map (diffmas.latent.CommAdapter) to use instead of the fixed realigner.
+    comm: LatentMap | None = None
 
     @property
     def realigner(self) -> Realigner:
         return Realigner.for_lm(self.lm, self.config.realign)
+
+    @property
+    def latent_map(self) -> LatentMap:
+        return self.comm if self.comm is not None else self.realigner
 
     def steps_for(self, index: int) -> int:
         agent = self.system.agents[index]
@@ -42,14 +67,39 @@ class LatentMAS(Method):
             prompts.append([self.lm.chat_ids(m) for m in messages])
         return prompts
 
-    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+    def build_trace(
+        self,
+        questions: list[str],
+        ids: list[str] | None = None,
+        *,
+        reserve: int | list[int] = 0,
+        grad_last_k: int | None = None,
+        hide_from_final: torch.Tensor | None = None,
+    ) -> BuiltTrace:
+        """Run every upstream agent (prefill + latent steps) and prefill the final agent's prompt.
+
+        ``reserve``: positions each row still needs after the trace (the answer budget, or the
+        length of a teacher-forced target), checked against the model's context.
+
+        ``grad_last_k`` only ever *turns gradients off*, so inference under ``inference_mode`` is
+        unaffected. None: the ambient grad mode everywhere. k >= 0: each upstream agent's prompt
+        and all but its last k latent steps run under :meth:`SharedKVCache.frozen` (``no_grad``
+        that keeps the graph of earlier entries), so their KV entries and the hidden state
+        entering step n-k are constants and gradient reaches upstream agents only through their
+        last k latent steps (k = 0: not at all). The final prompt keeps the ambient mode.
+
+        ``hide_from_final``: optional (B, n_upstream) bool; True hides all of upstream agent j's
+        segments from row b's final agent (communication dropout). They stay hidden for whatever
+        is appended afterwards (decoding or a target).
+        """
         lm, cfg, system = self.lm, self.config, self.system
         batch = len(questions)
         prompts = self.build_prompts(questions)
         upstream = range(len(system.agents) - 1)
+        reserve = [reserve] * batch if isinstance(reserve, int) else list(reserve)
         steps = sum(self.steps_for(j) for j in upstream)
-        needed = [sum(len(p[b]) for p in prompts) + steps + cfg.max_new_tokens for b in range(batch)]
-        self.check_fits(ids, needed, "the shared trace (all prompts, latent steps and --max-new-tokens)")
+        needed = [sum(len(p[b]) for p in prompts) + steps + reserve[b] for b in range(batch)]
+        self.check_fits(ids, needed, "the shared trace (all prompts, latent steps and the answer)")
 
         cache = lm.new_cache(batch)
         index = {a.name: i for i, a in enumerate(system.agents)}
@@ -60,23 +110,42 @@ class LatentMAS(Method):
             hidden_segments = [s for s in cache.segments if index[s.agent] not in system.sees(j)]
             for seg in hidden_segments:
                 cache.set_visible(seg, False)
-            hidden = lm.prefill(cache, agent.name, prompts[j])
             n = self.steps_for(j)
-            _, readouts = run_latent_steps(lm, cache, agent.name, hidden, n, self.realigner, cfg.readout_k)
+            k = n if grad_last_k is None else min(grad_last_k, n)
+            frozen = contextlib.nullcontext() if grad_last_k is None else cache.frozen()
+            with frozen:
+                hidden = lm.prefill(cache, agent.name, prompts[j])
+                hidden, early = run_latent_steps(lm, cache, agent.name, hidden, n - k, self.latent_map, cfg.readout_k)
+            _, late = run_latent_steps(lm, cache, agent.name, hidden, k, self.latent_map, cfg.readout_k)
             for seg in hidden_segments:
                 cache.set_visible(seg, True)
             for b in range(batch):
                 traces[b].append(
                     AgentTrace(agent.name, agent.role, len(prompts[j][b]), latent_steps=n,
-                               readout=readouts[b] if cfg.readout_k else None)
+                               readout=early[b] + late[b] if cfg.readout_k else None)
                 )
 
-        final = system.final
-        hidden = lm.prefill(cache, final.name, prompts[-1])
-        outputs = lm.decode(cache, final.name, hidden, cfg.max_new_tokens, cfg.sampling())
+        if hide_from_final is not None:
+            self._hide_upstream(cache, hide_from_final)
+        hidden = lm.prefill(cache, system.final.name, prompts[-1])
+        return BuiltTrace(cache, hidden, prompts, traces)
+
+    def _hide_upstream(self, cache: SharedKVCache, hide: torch.Tensor) -> None:
+        upstream = self.system.upstream
+        if tuple(hide.shape) != (cache.batch_size, len(upstream)):
+            raise ValueError(f"hide_from_final must be (B, n_upstream) = {(cache.batch_size, len(upstream))}, "
+                             f"got {tuple(hide.shape)}")
+        for j, agent in enumerate(upstream):
+            for seg in cache.segments_of(agent.name):
+                cache.set_visible(seg, False, rows=hide[:, j].bool())
+
+    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+        lm, cfg, final = self.lm, self.config, self.system.final
+        built = self.build_trace(questions, ids, reserve=cfg.max_new_tokens)
+        outputs = lm.decode(built.cache, final.name, built.last_hidden, cfg.max_new_tokens, cfg.sampling())
         results = []
         for b, out in enumerate(outputs):
             text = lm.decode_text(out)
-            traces[b].append(AgentTrace(final.name, final.role, len(prompts[-1][b]), text, len(out)))
-            results.append(Trace(text, traces[b]))
+            agents = built.agents[b] + [AgentTrace(final.name, final.role, len(built.prompts[-1][b]), text, len(out))]
+            results.append(Trace(text, agents))
         return results

@@ -1,0 +1,136 @@
+"""The end-to-end objective: cross-entropy of a reference answer, teacher-forced on a latent trace.
+
+The trace is built by :meth:`LatentMAS.build_trace`, the same forward pass inference uses, with
+gradients on. The final agent then reads the reference solution (e.g. ending in ``\\boxed{42}``)
+token by token on top of the whole trace, and the loss is the cross-entropy of those tokens only.
+Its gradient reaches the final agent's adapter directly and the upstream agents' adapters (and
+the communication adapter) through the KV entries the final agent attends to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffmas.cache import SharedKVCache
+from diffmas.engine import LM
+from diffmas.errors import DiffMASError
+from diffmas.methods.latent_mas import LatentMAS
+
+GRAD_THROUGH = ("none", "full", "last_k")
+
+
+@dataclass
+class ObjectiveConfig:
+    # How far gradients reach into the upstream trace: "none" (only the final agent learns),
+    # "full" (every upstream step), "last_k" (each upstream agent's last ``last_k`` latent steps).
+    grad_through: str = "full"
+    last_k: int = 1
+    # Probability, per row and upstream agent, of hiding that agent's segments from the final agent.
+    comm_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.grad_through not in GRAD_THROUGH:
+            raise DiffMASError(f"grad_through must be one of {GRAD_THROUGH}, got {self.grad_through!r}")
+        if self.grad_through == "last_k" and self.last_k < 1:
+            raise DiffMASError(f"last_k must be at least 1, got {self.last_k}")
+        if not 0 <= self.comm_dropout <= 1:
+            raise DiffMASError(f"comm_dropout must be in [0, 1], got {self.comm_dropout}")
+
+    @property
+    def grad_last_k(self) -> int | None:
+        """The ``grad_last_k`` argument of :meth:`LatentMAS.build_trace`."""
+        return {"none": 0, "full": None, "last_k": self.last_k}[self.grad_through]
+
+
+@dataclass
+class TrajectoryLoss:
+    loss: torch.Tensor  # scalar: mean cross-entropy over all target tokens of the batch
+    per_example: torch.Tensor  # (B,) mean cross-entropy over each row's own target tokens
+    tokens: torch.Tensor  # (B,) number of target tokens per row
+
+
+def end_of_turn_id(lm: LM) -> int:
+    """The token that closes an assistant turn in ``lm``'s chat template (<|im_end|> for ChatML),
+    else the first stop token."""
+    stops = set(lm.stop_ids.tolist())
+    tok = lm.tokenizer
+    if getattr(tok, "chat_template", None):
+        marker = "DIFFMAS_END_MARKER"
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+        text = tok.apply_chat_template(messages, tokenize=False)
+        tail = text[text.rfind(marker) + len(marker):]
+        for t in tok(tail, add_special_tokens=False)["input_ids"]:
+            if t in stops:
+                return int(t)
+    return int(lm.stop_ids[0])
+
+
+def target_ids(lm: LM, text: str, close_turn: bool = True) -> list[int]:
+    """Token ids of a reference answer, followed by the end-of-turn token so that the final agent
+    also learns where to stop."""
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids) + ([end_of_turn_id(lm)] if close_turn else [])
+
+
+def teacher_force(
+    lm: LM, cache: SharedKVCache, agent: str, last_hidden: torch.Tensor, targets: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of ``targets`` read by ``agent`` on top of ``cache``.
+
+    ``last_hidden`` (B, d) is the hidden state of the last token before the targets; it predicts
+    each target's first token. Targets are right-padded to width W: input column i holds target
+    token i (B, W-1 columns in all) and is real only if token i+1 exists, so pads are masked out
+    as keys and their outputs are never read. Returns the (B, W) cross-entropy (0 at pads) and the
+    (B, W) bool mask of target tokens. The output head runs on target positions only.
+    """
+    if any(len(t) == 0 for t in targets):
+        raise DiffMASError("every target needs at least one token")
+    width = max(len(t) for t in targets)
+    labels = torch.full((len(targets), width), -100, dtype=torch.long)
+    for b, t in enumerate(targets):
+        labels[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+    mask = labels >= 0  # (B, W)
+    states = [last_hidden[:, None, :]]  # states[:, i] predicts target token i
+    if width > 1:
+        new_real = mask[:, 1:].long()  # (B, W-1)
+        inputs = torch.where(mask[:, :-1], labels[:, :-1], torch.full_like(labels[:, :-1], lm.pad_id))
+        states.append(lm.forward_states(cache, agent, "text", new_real, input_ids=inputs.to(lm.device)))
+    hidden = torch.cat(states, dim=1)  # (B, W, d)
+    dev_mask = mask.to(hidden.device)
+    logits = lm.logits(hidden[dev_mask])  # (N, V), N = number of target tokens
+    nll = F.cross_entropy(logits, labels.to(hidden.device)[dev_mask], reduction="none")  # (N,)
+    per_token = torch.zeros(dev_mask.shape, dtype=nll.dtype, device=nll.device).masked_scatter(dev_mask, nll)
+    return per_token, dev_mask
+
+
+def trajectory_loss(
+    method: LatentMAS,
+    questions: list[str],
+    targets: list[str] | list[list[int]],
+    config: ObjectiveConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> TrajectoryLoss:
+    """Build the latent trace of ``questions`` and score the final agent's ``targets`` on it.
+
+    ``targets`` are reference answers as text (tokenised with :func:`target_ids`) or as token ids.
+    Gradients are not switched on here: call it with grad enabled to train, under ``no_grad`` to
+    evaluate. ``generator`` draws the communication-dropout masks.
+    """
+    config = config or ObjectiveConfig()
+    lm, system = method.lm, method.system
+    if len(targets) != len(questions):
+        raise DiffMASError(f"got {len(targets)} targets for {len(questions)} questions")
+    ids = [target_ids(lm, t) if isinstance(t, str) else list(t) for t in targets]
+    hide = None
+    if config.comm_dropout > 0 and system.upstream:
+        shape = (len(questions), len(system.upstream))
+        hide = torch.rand(shape, generator=generator) < config.comm_dropout
+    built = method.build_trace(questions, reserve=[len(t) for t in ids], grad_last_k=config.grad_last_k,
+                               hide_from_final=hide)
+    per_token, mask = teacher_force(lm, built.cache, system.final.name, built.last_hidden, ids)
+    tokens = mask.sum(dim=1)
+    return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)
