@@ -36,9 +36,12 @@ class Sampling:
 class LM:
     """A causal LM seen as a decoder (hidden states) plus an output head (logits on demand)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, name: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        # What the user called the model (registry name, directory, hub id): shown in messages
+        # and recorded in training checkpoints.
+        self.name = name or getattr(model.config, "name_or_path", "") or type(model).__name__
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         text_config = model.config.get_text_config()

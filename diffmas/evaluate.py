@@ -32,13 +32,16 @@ SUMMARY = "summary.json"
 class SetupConfig(MethodConfig):
     """Which model and which method (with its system) to run: shared by `eval` and `run`."""
 
-    method: str = option("latent_mas", "single | text_mas | latent_mas")
+    method: str = option("latent_mas", "single | text_mas | latent_mas | diffmas | single_sft (the last two: "
+                         "trained, with --adapter)")
     model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
     dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
     device: str = option("cpu", "torch device")
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")
     system: str | None = option(None, "built-in system name or YAML file defining the agents")
     topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
+    adapter: str | None = option(None, "trained adapters for diffmas / single_sft: a `diffmas train` output "
+                                 "directory or one of its checkpoints")
 
     def method_config(self) -> MethodConfig:
         return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
@@ -46,10 +49,11 @@ class SetupConfig(MethodConfig):
     def load_lm(self) -> LM:
         from diffmas.models import load_model
 
-        return LM(*load_model(self.model, dtype=self.dtype, device=self.device, cache_dir=self.cache_dir))
+        return LM(*load_model(self.model, dtype=self.dtype, device=self.device, cache_dir=self.cache_dir),
+                  name=self.model)
 
     def build_method(self, lm: LM, task: Task) -> Method:
-        return build_method(self.method, lm, self.method_config(), task, self.system, self.topology)
+        return build_method(self.method, lm, self.method_config(), task, self.system, self.topology, self.adapter)
 
 
 @dataclass
@@ -73,11 +77,14 @@ class EvalConfig(SetupConfig):
 
 
 def build_method(name: str, lm: LM, config: MethodConfig, task: Task, system: str | None = None,
-                 topology: str | None = None) -> Method:
-    """The one place a method is assembled from names: used by eval, run and benchmarks."""
+                 topology: str | None = None, adapter: str | None = None) -> Method:
+    """The one place a method is assembled from names: used by eval, run and benchmarks.
+
+    Trained methods (``adapter``) default to the system recorded in their checkpoint."""
     cls = get_method_class(name)
-    spec = load_system(system, topology) if cls.uses_system else None
-    return cls(lm, config, family=task.family, answer_format=task.answer_format, system=spec)
+    explicit = system is not None or topology is not None
+    spec = load_system(system, topology) if cls.uses_system and (explicit or not cls.needs_adapter) else None
+    return cls(lm, config, family=task.family, answer_format=task.answer_format, system=spec, adapter=adapter)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

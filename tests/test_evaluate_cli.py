@@ -74,7 +74,7 @@ def read_valid(out):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["eval", "--method", "telepathy"], "valid methods: latent_mas, single, text_mas"),
+        (["eval", "--method", "telepathy"], "valid methods: diffmas, latent_mas, single, single_sft, text_mas"),
         (["eval", "--task", "gsm9k"], "did you mean 'gsm8k'"),
         (["eval", "--model", "no-such-model-xyz"], "qwen2.5-coder-0.5b-instruct"),
         (["eval", "--batch-size", "0"], "batch_size must be"),

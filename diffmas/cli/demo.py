@@ -26,11 +26,12 @@ def main(argv: list[str]) -> int:
     quiet_transformers()
     base = EvalConfig(task=args.task, split="test", model=args.model, limit=args.limit,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, resume=True)
-    print(f"Evaluating {', '.join(METHODS)} on {args.limit} {args.task} problems with {args.model}.")
+    methods = [name for name, cls in METHODS.items() if not cls.needs_adapter]  # trained ones need a run
+    print(f"Evaluating {', '.join(methods)} on {args.limit} {args.task} problems with {args.model}.")
     print("On 2 CPU cores this takes about 10 minutes; finished methods are kept if you stop and rerun.")
     lm = base.load_lm()
     summaries = []
-    for name in METHODS:
+    for name in methods:
         cfg = replace(base, method=name, out=str(Path(args.out) / name))
         summaries.append(evaluate(cfg, lm=lm))
     print()

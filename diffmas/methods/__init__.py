@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from diffmas.errors import UnknownNameError
 from diffmas.methods.base import AgentTrace, Method, MethodConfig, Trace
+from diffmas.methods.diffmas import DiffMAS
 from diffmas.methods.latent_mas import LatentMAS
 from diffmas.methods.single import SingleAgent
+from diffmas.methods.single_sft import SingleSFT
 from diffmas.methods.text_mas import TextMAS
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SingleAgent, TextMAS, LatentMAS)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SingleAgent, TextMAS, LatentMAS, DiffMAS, SingleSFT)}
 
 
 def get_method_class(name: str) -> type[Method]:
@@ -17,5 +19,5 @@ def get_method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "AgentTrace", "LatentMAS", "Method", "MethodConfig", "SingleAgent", "TextMAS", "Trace",
-           "get_method_class"]
+__all__ = ["METHODS", "AgentTrace", "DiffMAS", "LatentMAS", "Method", "MethodConfig", "SingleAgent", "SingleSFT",
+           "TextMAS", "Trace", "get_method_class"]

@@ -70,6 +70,7 @@ class Method:
 
     name = "method"
     uses_system = False
+    needs_adapter = False  # trained methods: their adapters come from a `diffmas train` checkpoint
 
     def __init__(
         self,
@@ -79,14 +80,22 @@ class Method:
         family: str = "math",
         answer_format: str,
         system: SystemSpec | None = None,
+        adapter: str | None = None,
     ):
         self.lm = lm
         self.config = config or MethodConfig()
         self.family = family
         self.answer_format = answer_format
         self.system = system
+        self.adapter = adapter
         if self.uses_system and system is None:
             raise DiffMASError(f"method {self.name} needs a multi-agent system")
+        if self.needs_adapter and adapter is None:
+            raise DiffMASError(f"method {self.name} runs a trained system: pass --adapter DIR, a `diffmas train` "
+                               "output directory or one of its checkpoints (e.g. runs/train-x/final)")
+        if adapter is not None and not self.needs_adapter:
+            raise DiffMASError(f"method {self.name} takes no --adapter; trained adapters run with --method "
+                               "diffmas (latent MAS) or single_sft (single agent)")
 
     def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
         raise NotImplementedError

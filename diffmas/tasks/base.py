@@ -8,6 +8,7 @@ rows, and offset/limit windowing so that every task behaves the same for users.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from diffmas.errors import DataError, UnknownNameError
 from diffmas.tasks import answers, io
 
 MAX_REASONS = 10  # enough to diagnose a bad file without flooding logs
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 class RowError(ValueError):
@@ -162,6 +164,17 @@ class Task:
 
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         raise NotImplementedError
+
+    def training_target(self, example: Example) -> str:
+        """The reference answer a trained system learns to write for ``example``: the worked
+        solution when the data has one (``meta["solution"]``), then the gold answer in \\boxed{},
+        the form :meth:`extract_answer` reads. The one place training targets are made."""
+        if self.family == "code":
+            raise DataError(f"{self.name}: training targets for code tasks are not defined yet")
+        solution = str(example.meta.get("solution") or "")
+        solution = _CALCULATOR.sub("", solution).strip()  # GSM8K's "<<48/2=24>>" annotations
+        final = f"The final answer is \\boxed{{{example.gold}}}."
+        return f"{solution}\n\n{final}" if solution else final
 
     def score(self, text: str, example: Example) -> tuple[str | None, bool]:
         """Extract the answer from a model output and compare it: the single evaluation entry point."""

@@ -18,6 +18,7 @@ from diffmas.cache import SharedKVCache
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.methods.latent_mas import LatentMAS
+from diffmas.methods.single import SingleAgent
 
 GRAD_THROUGH = ("none", "full", "last_k")
 
@@ -132,5 +133,26 @@ def trajectory_loss(
     built = method.build_trace(questions, reserve=[len(t) for t in ids], grad_last_k=config.grad_last_k,
                                hide_from_final=hide)
     per_token, mask = teacher_force(lm, built.cache, system.final.name, built.last_hidden, ids)
+    tokens = mask.sum(dim=1)
+    return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)
+
+
+def single_agent_loss(
+    method: SingleAgent, questions: list[str], targets: list[str] | list[list[int]]
+) -> TrajectoryLoss:
+    """The honest control's loss: ``targets`` teacher-forced after the single-agent prompt.
+
+    Same target tokens, same :func:`teacher_force` and same reduction as :func:`trajectory_loss`;
+    only the context differs (one agent's prompt instead of a multi-agent latent trace).
+    """
+    lm = method.lm
+    if len(targets) != len(questions):
+        raise DiffMASError(f"got {len(targets)} targets for {len(questions)} questions")
+    ids = [target_ids(lm, t) if isinstance(t, str) else list(t) for t in targets]
+    prompts = method.build_prompts(questions)
+    method.check_fits(None, [len(p) + len(t) for p, t in zip(prompts, ids)], "the prompt plus the target")
+    cache = lm.new_cache(len(prompts))
+    hidden = lm.prefill(cache, method.agent, prompts)
+    per_token, mask = teacher_force(lm, cache, method.agent, hidden, ids)
     tokens = mask.sum(dim=1)
     return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)

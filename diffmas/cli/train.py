@@ -1,0 +1,39 @@
+"""``diffmas train``: train a latent multi-agent system (or the single-agent control) end to end.
+
+    diffmas train --config configs/train-gsm8k-qwen0.5b.yaml [--flags]
+    accelerate launch --num_processes 2 -m diffmas train --config ...   # data parallel
+"""
+
+from __future__ import annotations
+
+import json
+
+from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.train.config import TrainConfig
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = parse_config("diffmas train", "Train LoRA adapters (and the communication map) end to end.",
+                          TrainConfig, argv)
+    quiet_transformers()
+    from diffmas.train.trainer import LOG, Trainer
+
+    try:
+        trainer = Trainer(cfg)
+        if trainer.dist.main:
+            n = sum(p.numel() for p in trainer.params)
+            print(f"training {cfg.method} on {len(trainer.examples)} examples of {trainer.source}: "
+                  f"{trainer.total_steps} steps, {n:,} trainable parameters -> {trainer.out}", flush=True)
+        summary = trainer.train()
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if trainer.dist.main:
+        last = summary["last"]
+        if last is not None:
+            print(f"step {summary['steps']}: loss {last['loss']:.4f}")
+        print(f"log: {trainer.out / LOG}\nadapters: {summary['final']}")
+        (trainer.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0

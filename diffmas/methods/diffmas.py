@@ -1,0 +1,48 @@
+"""``diffmas``: a latent multi-agent system with trained per-agent adapters and communication map.
+
+Exactly ``latent_mas`` (same prompts, same shared trace, same decoding), run by an LM whose agents
+each write with their own trained LoRA adapter, and whose latent steps go through the trained
+communication adapter instead of the fixed realignment, both loaded from a ``diffmas train``
+checkpoint. Without ``--system``/``--topology`` the system the adapters were trained for is used.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from diffmas.agents import SystemSpec
+from diffmas.engine import LM
+from diffmas.errors import DiffMASError
+from diffmas.methods.base import MethodConfig
+from diffmas.methods.latent_mas import LatentMAS
+
+
+def open_checkpoint(method: str, adapter: str | None):
+    """The checkpoint a trained method loads (a clear error when none is given)."""
+    if adapter is None:
+        raise DiffMASError(f"method {method} runs a trained system: pass --adapter DIR, a `diffmas train` output "
+                           "directory or one of its checkpoints (e.g. runs/train-x/final)")
+    from diffmas.train.checkpoint import TrainedCheckpoint
+
+    return TrainedCheckpoint(adapter)
+
+
+class DiffMAS(LatentMAS):
+    name = "diffmas"
+    needs_adapter = True
+
+    def __init__(self, lm: LM, config: MethodConfig | None = None, *, family: str = "math", answer_format: str,
+                 system: SystemSpec | None = None, adapter: str | None = None):
+        checkpoint = open_checkpoint(self.name, adapter)
+        system = system or checkpoint.system
+        if system is None:
+            raise DiffMASError(f"{checkpoint.path} records no multi-agent system; pass --system")
+        checkpoint.check(lm, self.name, [a.name for a in system.agents])
+        super().__init__(lm, config, family=family, answer_format=answer_format, system=system, adapter=adapter)
+        self.checkpoint = checkpoint
+        self.adapters = checkpoint.attach(lm)
+        self.comm = checkpoint.load_comm(lm, self.config.realign)
+        trained = checkpoint.manifest.get("latent_steps")
+        if trained is not None and trained != self.config.latent_steps:
+            print(f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
+                  f"{self.config.latent_steps} (--latent-steps)", file=sys.stderr)

@@ -1,0 +1,264 @@
+"""Checkpoints of training runs, and loading trained adapters for inference.
+
+A checkpoint is a directory::
+
+    manifest.json        written last: a directory without it is an interrupted write, ignored
+    config.json          the run's TrainConfig
+    adapters/<name>/     PEFT format (adapter_config.json + adapter_model.safetensors), one per adapter
+    comm.safetensors     the communication adapter, when one is trained
+    trainer_state.pt     optimizer, scheduler, step, data position, RNG states (resuming only)
+
+It is written into a staging directory next to its final place and renamed into place, so a
+crash never leaves a half-written checkpoint under a real name. A run directory holds
+``checkpoints/step-NNNNNNN/`` (the latest few) and ``final/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from diffmas.agents import SystemSpec, system_from_dict
+from diffmas.engine import LM
+from diffmas.errors import DiffMASError
+from diffmas.train.adapters import AgentAdapters, LoraSettings
+
+MANIFEST = "manifest.json"
+FORMAT = "diffmas-checkpoint"
+VERSION = 1
+STATE = "trainer_state.pt"
+COMM = "comm.safetensors"
+ADAPTERS = "adapters"
+STEP_PREFIX = "step-"
+STAGING_PREFIX = ".tmp-"
+
+
+# -- the base model's identity --------------------------------------------------------------------
+
+
+def model_signature(lm: LM) -> dict:
+    """What identifies a base model: its shape and a probe of its input embeddings (compared with
+    a tolerance, so the same weights in bfloat16 and float32 match)."""
+    config = lm.model.config.get_text_config()
+    weight = lm.model.get_input_embeddings().weight
+    return {
+        "model_type": getattr(config, "model_type", None),
+        "hidden_size": int(weight.shape[1]),
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+        "vocab_size": int(weight.shape[0]),
+        "probe": weight[:4, :8].detach().float().cpu().flatten().tolist(),
+    }
+
+
+def same_model(a: dict, b: dict) -> bool:
+    if any(a.get(k) != b.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")):
+        return False
+    pa, pb = torch.tensor(a["probe"]), torch.tensor(b["probe"])
+    return pa.shape == pb.shape and bool(torch.allclose(pa, pb, rtol=2e-2, atol=1e-4))
+
+
+def describe_signature(sig: dict) -> str:
+    return f"{sig.get('model_type')}, {sig.get('num_hidden_layers')} layers, hidden {sig.get('hidden_size')}, " \
+           f"vocab {sig.get('vocab_size')}"
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def staging_dir(dest: Path) -> Path:
+    return dest.parent / f"{STAGING_PREFIX}{dest.name}"
+
+
+def begin(dest: Path) -> Path:
+    """A fresh, empty staging directory for ``dest``."""
+    tmp = staging_dir(dest)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_payload(tmp: Path, manifest: dict, adapters: AgentAdapters, comm: torch.nn.Module | None,
+                  state: dict | None, config: dict) -> None:
+    """Fill a staging directory; the manifest goes last."""
+    from safetensors.torch import save_file
+
+    adapters.peft_model.save_pretrained(str(tmp / ADAPTERS))
+    if comm is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in comm.state_dict().items()}, str(tmp / COMM))
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    manifest = {**manifest, "files": sorted(p.name for p in tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def commit(tmp: Path, dest: Path) -> None:
+    """Move a finished staging directory to ``dest`` (replacing an older one of that name)."""
+    old = dest.parent / f"{STAGING_PREFIX}old-{dest.name}"
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def manifest_of(adapters: AgentAdapters, lm: LM, *, method: str, step: int, system: SystemSpec | None,
+                comm: bool, realign: bool, latent_steps: int, task: str) -> dict:
+    first = adapters.adapter_names[0]
+    targets = adapters.peft_model.peft_config[first].target_modules
+    lora = {**asdict(adapters.settings), "target_modules": sorted(targets)}
+    return {
+        "format": FORMAT, "version": VERSION, "method": method, "step": step,
+        "base_model": lm.name, "base_signature": model_signature(lm),
+        "agents": list(adapters.names), "adapters": dict(adapters.names),
+        "system": asdict(system) if system is not None else None,
+        "lora": lora, "comm_adapter": comm, "realign": realign, "latent_steps": latent_steps, "task": task,
+    }
+
+
+# -- finding --------------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest of a complete checkpoint directory, else None."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"{STEP_PREFIX}{step:07d}"
+
+
+def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint of a run (step checkpoints and final/), by step."""
+    candidates = sorted((out / "checkpoints").glob(f"{STEP_PREFIX}*")) + [out / "final"]
+    found = []
+    for path in candidates:
+        manifest = read_manifest(path) if path.is_dir() else None
+        if manifest is not None:
+            found.append((int(manifest["step"]), path))
+    return sorted(found, key=lambda sp: (sp[0], sp[1].name == "final"))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = complete_checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def clean(out: Path, keep: int) -> None:
+    """Remove staging leftovers of interrupted writes, incomplete step directories and all but
+    the ``keep`` most recent step checkpoints (0: keep all)."""
+    root = out / "checkpoints"
+    for parent in (root, out):
+        for leftover in parent.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    steps = []
+    for path in sorted(root.glob(f"{STEP_PREFIX}*")):
+        if read_manifest(path) is None:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            steps.append(path)
+    if keep:
+        for path in steps[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory from what a user names: the checkpoint itself, or a run directory
+    (its final/, else its latest step checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffMASError(f"adapter directory {path} does not exist")
+    if read_manifest(path) is not None:
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise DiffMASError(f"{path} holds no complete DiffMAS checkpoint ({MANIFEST} missing: not a training "
+                           "run's final/ or checkpoint directory, or an interrupted write)")
+    return latest
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def load_adapter_weights(adapters: AgentAdapters, path: Path) -> None:
+    """Copy saved LoRA weights into existing adapters, in place (optimizers keep their params)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    for name in adapters.adapter_names:
+        file = path / ADAPTERS / name / "adapter_model.safetensors"
+        if not file.is_file():
+            raise DiffMASError(f"checkpoint {path} has no weights for adapter {name!r} ({file} missing)")
+        result = set_peft_model_state_dict(adapters.peft_model, load_file(str(file)), adapter_name=name)
+        if result.unexpected_keys:
+            raise DiffMASError(f"checkpoint {path}: adapter {name!r} has weights this model cannot take, e.g. "
+                               f"{result.unexpected_keys[0]}")
+
+
+def load_comm_weights(comm: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    device = next(comm.parameters()).device
+    comm.load_state_dict({k: v.to(device) for k, v in load_file(str(path / COMM)).items()})
+
+
+class TrainedCheckpoint:
+    """A finished (or intermediate) training checkpoint, opened for inference."""
+
+    def __init__(self, path: str | Path):
+        self.path = resolve(path)
+        self.manifest = read_manifest(self.path)  # type: ignore[assignment]
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def system(self) -> SystemSpec | None:
+        data = self.manifest.get("system")
+        return system_from_dict(data, where=f"{self.path}/{MANIFEST}") if data else None
+
+    def check(self, lm: LM, method: str, agents: list[str]) -> None:
+        """Refuse an adapter trained for another method, base model or agent layout."""
+        m = self.manifest
+        if m["method"] != method:
+            raise DiffMASError(f"{self.path} was trained with method {m['method']!r}, not {method!r}; evaluate it "
+                               f"with --method {m['method']}")
+        here = model_signature(lm)
+        if not same_model(m["base_signature"], here):
+            raise DiffMASError(
+                f"adapter {self.path} was trained on base model {m['base_model']!r} "
+                f"({describe_signature(m['base_signature'])}) but the model loaded is {lm.name!r} "
+                f"({describe_signature(here)}); pass --model {m['base_model']}")
+        if list(m["agents"]) != list(agents):
+            raise DiffMASError(f"adapter {self.path} was trained for agents {m['agents']} but the system has agents "
+                               f"{agents}; drop --system/--topology to use the trained system")
+
+    def attach(self, lm: LM) -> AgentAdapters:
+        """Per-agent adapters on ``lm`` with the trained weights, switched per agent."""
+        settings = LoraSettings(**self.manifest["lora"])
+        adapters = AgentAdapters(lm, list(self.manifest["agents"]), settings)
+        load_adapter_weights(adapters, self.path)
+        return adapters
+
+    def load_comm(self, lm: LM, realign: bool):
+        """The trained communication adapter, or None when the run trained none."""
+        if not self.manifest.get("comm_adapter"):
+            return None
+        from diffmas.latent import CommAdapter
+
+        comm = CommAdapter.from_lm(lm, realign=self.manifest.get("realign", realign))
+        load_comm_weights(comm, self.path)
+        comm.requires_grad_(False)
+        return comm

@@ -1,0 +1,173 @@
+"""``TrainConfig``: every setting of a training run, from YAML and the command line.
+
+Also the two schedules that depend only on the step: the learning-rate multiplier (warm-up, then
+cosine or linear decay) and the latent-step curriculum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffmas.config import option
+from diffmas.errors import DiffMASError
+from diffmas.train.adapters import LoraSettings
+from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
+
+TRAIN_METHODS = ("diffmas", "single_sft")
+SCHEDULES = ("cosine", "linear", "constant")
+# Settings that change what is trained or on which data: a resumed run must keep them.
+FIXED_ON_RESUME = ("method", "model", "task", "split", "data_path", "offset", "limit", "exclude_last", "system",
+                   "topology", "realign", "comm_adapter", "lora_rank", "lora_alpha", "lora_dropout",
+                   "lora_targets", "shared_adapter", "seed", "batch_size", "grad_accum")
+
+
+@dataclass
+class TrainConfig:
+    # -- what is trained --------------------------------------------------------------------
+    method: str = option("diffmas", "diffmas (latent MAS, one LoRA per agent) | single_sft (one agent, one "
+                         "LoRA: the control)", choices=TRAIN_METHODS)
+    model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
+    dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
+    device: str = option("cpu", "torch device")
+    cache_dir: str | None = option(None, "where de-quantised offline models are cached")
+    system: str | None = option(None, "built-in system name or YAML file defining the agents (diffmas)")
+    topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
+    latent_steps: int = option(10, "latent steps per upstream agent (without a curriculum; the ramp's end)")
+    realign: bool = option(True, "start latent inputs from the ridge realignment (else the identity)")
+    comm_adapter: bool = option(True, "train the hidden-state -> latent-input map too (diffmas)")
+    # -- data ---------------------------------------------------------------------------------
+    task: str = option("gsm8k", "task to train on (see `diffmas tasks`)")
+    split: str = option("train", "data split")
+    data_path: str | None = option(None, "read the task's data from this local file")
+    exclude_last: int = option(0, "hold out the last N examples of the split (kept for evaluation)")
+    offset: int | None = option(None, "then skip the first N examples")
+    limit: int | None = option(None, "then train on at most N examples")
+    # -- LoRA ---------------------------------------------------------------------------------
+    lora_rank: int = option(8, "LoRA rank")
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_targets: list[str] | None = option(None, "module names to adapt (default: the attention projections)")
+    shared_adapter: bool = option(False, "one LoRA shared by all agents instead of one per agent")
+    # -- objective ----------------------------------------------------------------------------
+    grad_through: str = option("full", "how far gradients reach upstream: none | full | last_k",
+                               choices=GRAD_THROUGH)
+    last_k: int = option(1, "with grad_through last_k: latent steps per upstream agent that get gradients")
+    comm_dropout: float = option(0.0, "probability of hiding an upstream agent from the final agent, per example")
+    curriculum: list[str] | None = option(
+        None, "latent steps by step: YAML [[0, 2], [100, 5]] or --curriculum 0:2 100:5 (from step s use n)")
+    ramp_steps: int = option(0, "instead of a curriculum: ramp latent steps linearly from --ramp-start to "
+                             "--latent-steps over this many steps")
+    ramp_start: int = option(1, "first value of the linear latent-step ramp")
+    # -- optimisation -------------------------------------------------------------------------
+    lr: float = option(2e-4, "peak learning rate of the LoRA adapters")
+    comm_lr: float | None = option(None, "learning rate of the communication adapter (default: --lr)")
+    weight_decay: float = option(0.0, "AdamW weight decay of the LoRA weights (never of the comm adapter)")
+    warmup_steps: int = option(0, "linear warm-up steps")
+    schedule: str = option("cosine", "decay after warm-up: cosine | linear | constant", choices=SCHEDULES)
+    min_lr_ratio: float = option(0.0, "final learning rate as a fraction of the peak")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm (0: no clipping)")
+    batch_size: int = option(4, "examples per micro-batch (per process)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_steps: int | None = option(None, "optimizer steps (default: from --epochs)")
+    epochs: float = option(1.0, "passes over the data when --max-steps is not given")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (not supported yet)")
+    seed: int = option(0, "seed of the adapters' initialisation, data order and dropout")
+    # -- output -------------------------------------------------------------------------------
+    out: str | None = option(None, "output directory (default: runs/train-<task>-<method>)")
+    save_every: int = option(100, "write a checkpoint every N steps (and always at the end)")
+    keep_checkpoints: int = option(2, "keep the N most recent step checkpoints (0: keep all)")
+    log_every: int = option(1, "write a log line every N steps")
+    resume: bool = option(False, "continue from the latest complete checkpoint in the output directory")
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAIN_METHODS:
+            raise DiffMASError(f"method must be one of {TRAIN_METHODS}, got {self.method!r}")
+        if self.schedule not in SCHEDULES:
+            raise DiffMASError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        positive = ("batch_size", "grad_accum", "save_every", "log_every", "lora_rank")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DiffMASError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("exclude_last", "warmup_steps", "ramp_steps", "keep_checkpoints", "latent_steps"):
+            if getattr(self, name) < 0:
+                raise DiffMASError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise DiffMASError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise DiffMASError(f"epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0 or (self.comm_lr is not None and self.comm_lr <= 0):
+            raise DiffMASError("learning rates must be positive (to freeze the communication map, pass "
+                               "--no-comm-adapter)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise DiffMASError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.curriculum is not None and self.ramp_steps:
+            raise DiffMASError("give either a curriculum or ramp_steps, not both")
+        if self.curriculum is not None:
+            self.curriculum = parse_curriculum(self.curriculum)
+        if self.gradient_checkpointing:
+            raise DiffMASError(
+                "gradient_checkpointing is not supported yet: transformers' layer checkpointing drops the KV "
+                "cache that the latent trace lives in; lower --batch-size and raise --grad-accum instead")
+        self.objective()  # validates grad_through, last_k, comm_dropout
+        self.lora()
+
+    def objective(self) -> ObjectiveConfig:
+        return ObjectiveConfig(self.grad_through, self.last_k, self.comm_dropout)
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets,
+                            self.shared_adapter)
+
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/train-{self.task}-{self.method}")
+
+    # -- schedules ----------------------------------------------------------------------------
+    def latent_steps_at(self, step: int) -> int:
+        """Latent steps per upstream agent for optimizer step ``step`` (0-based)."""
+        if self.curriculum:
+            n = self.curriculum[0][1]
+            for start, value in self.curriculum:
+                if step >= start:
+                    n = value
+            return n
+        if self.ramp_steps:
+            frac = min(1.0, step / self.ramp_steps)
+            return round(self.ramp_start + frac * (self.latent_steps - self.ramp_start))
+        return self.latent_steps
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the peak learning rate at optimizer step ``step`` of ``total``."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.schedule == "constant":
+            return 1.0
+        span = max(1, total - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * decay
+
+
+def parse_curriculum(entries) -> list[list[int]]:
+    """``[[0, 2], [100, 5]]`` or ``["0:2", "100:5"]`` -> sorted [[step, latent_steps], ...]."""
+    pairs = []
+    for entry in entries:
+        try:
+            if isinstance(entry, str):
+                start, value = entry.replace("=", ":").split(":")
+            else:
+                start, value = entry
+            pair = [int(start), int(value)]
+        except (TypeError, ValueError):
+            raise DiffMASError(f"curriculum entry {entry!r} must be [step, latent_steps] or 'step:latent_steps'")\
+                from None
+        if pair[0] < 0 or not 0 <= pair[1] <= 1024:
+            raise DiffMASError(f"curriculum entry {entry!r}: step must be >= 0 and latent steps in [0, 1024]")
+        pairs.append(pair)
+    if not pairs:
+        raise DiffMASError("curriculum is empty")
+    pairs.sort()
+    if len({p[0] for p in pairs}) != len(pairs):
+        raise DiffMASError(f"curriculum names a step twice: {pairs}")
+    return pairs

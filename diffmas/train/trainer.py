@@ -1,0 +1,325 @@
+"""The end-to-end trainer: LoRA adapters (and the communication map) trained on reference answers.
+
+``diffmas`` trains a latent multi-agent system through :func:`trajectory_loss` (the very forward
+pass ``latent_mas`` runs at inference, with gradients on); ``single_sft`` trains one agent with
+one LoRA of the same settings on the same data, steps and schedule through
+:func:`single_agent_loss`: the honest control.
+
+Data parallelism: launched with several processes (``accelerate launch -m diffmas train ...`` or
+``torchrun``; the environment names RANK and WORLD_SIZE), every process takes its own slice of
+each global batch, gradients are averaged across processes before clipping, and only rank 0
+writes logs and checkpoints, so every process holds the same adapters after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffmas.agents import load_system
+from diffmas.engine import LM
+from diffmas.errors import DiffMASError
+from diffmas.latent import CommAdapter
+from diffmas.methods import LatentMAS, MethodConfig, SingleAgent
+from diffmas.tasks import Example, get_task
+from diffmas.train import checkpoint as ckpt
+from diffmas.train.adapters import AgentAdapters
+from diffmas.train.config import FIXED_ON_RESUME, TrainConfig
+from diffmas.train.data import DataStream, load_examples
+from diffmas.train.objective import TrajectoryLoss, single_agent_loss, trajectory_loss
+
+LOG = "log.jsonl"
+
+
+@dataclass
+class Distributed:
+    """This process's place among the data-parallel processes (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average tensors across processes, in place (one all-reduce per dtype and device)."""
+        if self.world <= 1:
+            return
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for t in tensors:
+            groups.setdefault((t.dtype, t.device), []).append(t)
+        for group in groups.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            torch.distributed.all_reduce(flat)
+            flat.div_(self.world)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run: ``Trainer(cfg).train()``; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, lm: LM | None = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.dist = Distributed.from_env(cfg.device)
+        self.out = cfg.out_dir()
+        self.task = get_task(cfg.task)
+        self.examples, self.source = load_examples(self.task, cfg.split, cfg.data_path, cfg.exclude_last,
+                                                   cfg.offset, cfg.limit, cfg.seed)
+        self.lm = lm or self._load_lm()
+        seed_all(cfg.seed)  # the adapters' initialisation: identical in every process
+        self._build_method()
+        seed_all(cfg.seed + 7919 * self.dist.rank)  # dropout: each process draws its own
+        self.dropout_gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)
+        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.examples) / per_step))
+        self._build_optimizer()
+        self.stream = DataStream(len(self.examples), cfg.seed)
+        self.step = 0
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _load_lm(self) -> LM:
+        from diffmas.models import load_model
+
+        device = self.cfg.device
+        if device == "cuda" and self.dist.world > 1:
+            device = f"cuda:{self.dist.local_rank}"
+        return LM(*load_model(self.cfg.model, dtype=self.cfg.dtype, device=device, cache_dir=self.cfg.cache_dir),
+                  name=self.cfg.model)
+
+    def _build_method(self) -> None:
+        cfg, lm, task = self.cfg, self.lm, self.task
+        method_cfg = MethodConfig(latent_steps=cfg.latent_steps_at(0), realign=cfg.realign)
+        self.comm: CommAdapter | None = None
+        if cfg.method == "single_sft":
+            self.system = None
+            self.method = SingleAgent(lm, method_cfg, family=task.family, answer_format=task.answer_format)
+            self.adapters = AgentAdapters(lm, [SingleAgent.agent], cfg.lora())
+            return
+        self.system = load_system(cfg.system, cfg.topology)
+        self.method = LatentMAS(lm, method_cfg, family=task.family, answer_format=task.answer_format,
+                                system=self.system)
+        self.adapters = AgentAdapters(lm, [a.name for a in self.system.agents], cfg.lora())
+        if cfg.comm_adapter:
+            self.comm = self.method.comm = CommAdapter.from_lm(lm, realign=cfg.realign)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        groups = [{"params": list(self.adapters.parameters()), "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
+        if self.comm is not None:  # no weight decay: it would pull the realignment towards zero
+            groups.append({"params": list(self.comm.parameters()), "weight_decay": 0.0, "lr": cfg.comm_lr or cfg.lr})
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cfg.lr_factor(step, self.total_steps))
+
+    # -- one step -------------------------------------------------------------------------------
+    def loss(self, batch: list[Example]) -> TrajectoryLoss:
+        questions = [ex.question for ex in batch]
+        targets = [self.task.training_target(ex) for ex in batch]
+        if isinstance(self.method, LatentMAS):
+            return trajectory_loss(self.method, questions, targets, self.cfg.objective(), generator=self.dropout_gen)
+        return single_agent_loss(self.method, questions, targets)
+
+    def latent_steps_now(self) -> int:
+        return self.cfg.latent_steps_at(self.step) if isinstance(self.method, LatentMAS) else 0
+
+    def train_step(self) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches); returns its log record."""
+        cfg, dist = self.cfg, self.dist
+        started = time.perf_counter()
+        latent = self.latent_steps_now()
+        self.method.config.latent_steps = latent
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, tokens = [], 0
+        for _ in range(cfg.grad_accum):
+            indices = self.stream.take(cfg.batch_size * dist.world)
+            mine = indices[dist.rank * cfg.batch_size : (dist.rank + 1) * cfg.batch_size]
+            out = self.loss([self.examples[i] for i in mine])
+            (out.loss / cfg.grad_accum).backward()
+            losses.append(out.loss.detach().float())
+            tokens += int(out.tokens.sum())
+        loss = torch.stack(losses).mean()
+        dist.mean_([loss] + [p.grad for p in self.params if p.grad is not None])
+        if not math.isfinite(loss.item()):
+            raise DiffMASError(f"the loss is {loss.item()} at step {self.step + 1}; lower --lr or check the data")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(norm),
+                "seconds": round(time.perf_counter() - started, 4), "latent_steps": latent,
+                "tokens": tokens * dist.world, "epoch": round(self.stream.position, 4)}
+
+    # -- the run ----------------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train to ``total_steps`` (resuming first if asked); returns a summary."""
+        cfg, dist = self.cfg, self.dist
+        started = time.perf_counter()
+        self._prepare_out()
+        if cfg.resume and (latest := ckpt.latest_checkpoint(self.out)) is not None:
+            self.restore(latest)
+        first, last = self.step, None
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and dist.main),
+                   desc=f"train {cfg.method}", unit="step")
+        self.lm.model.train()
+        try:
+            while self.step < self.total_steps:
+                last = self.train_step()
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log(last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", latent=last["latent_steps"])
+                bar.update(1)
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save(ckpt.step_dir(self.out, self.step))
+        finally:
+            bar.close()
+            self.lm.model.eval()
+        self.save(self.out / "final")
+        return {"out": str(self.out), "final": str(self.out / "final"), "steps": self.step,
+                "steps_this_run": self.step - first, "last": last, "examples": len(self.examples),
+                "source": self.source, "seconds": time.perf_counter() - started,
+                "trainable_parameters": sum(p.numel() for p in self.params)}
+
+    def _prepare_out(self) -> None:
+        if self.dist.main:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DiffMASError(f"cannot create output directory {self.out}: {exc.strerror}") from None
+            if not self.cfg.resume and (ckpt.complete_checkpoints(self.out) or (self.out / LOG).exists()):
+                raise DiffMASError(f"{self.out} already holds a training run; pass --resume to continue it or "
+                                   "choose another --out")
+            ckpt.clean(self.out, self.cfg.keep_checkpoints)
+            if not self.cfg.resume or ckpt.latest_checkpoint(self.out) is None:
+                (self.out / LOG).unlink(missing_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        self.dist.barrier()
+
+    def _log(self, record: dict) -> None:
+        if self.dist.main:
+            with open(self.out / LOG, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save(self, dest: Path) -> None:
+        """Write a complete checkpoint to ``dest`` atomically (rank 0; every rank adds its RNG)."""
+        dist = self.dist
+        tmp = ckpt.staging_dir(dest)
+        if dist.main:
+            ckpt.begin(dest)
+        dist.barrier()
+        torch.save(rng_state() | {"dropout": self.dropout_gen.get_state()}, tmp / f"rng-{dist.rank}.pt")
+        dist.barrier()
+        if dist.main:
+            last_used = self.cfg.latent_steps_at(max(self.step - 1, 0)) if self.system is not None else 0
+            manifest = ckpt.manifest_of(self.adapters, self.lm, method=self.cfg.method, step=self.step,
+                                        system=self.system, comm=self.comm is not None, realign=self.cfg.realign,
+                                        latent_steps=last_used, task=self.cfg.task)
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "data": self.stream.state_dict(),
+                     "world_size": dist.world}
+            ckpt.write_payload(tmp, manifest, self.adapters, self.comm, state, asdict(self.cfg))
+            ckpt.commit(tmp, dest)
+            ckpt.clean(self.out, self.cfg.keep_checkpoints)
+        dist.barrier()
+
+    def restore(self, path: Path) -> None:
+        """Continue from checkpoint ``path``: weights, optimizer, schedule, data position, RNG."""
+        saved = json.loads((path / "config.json").read_text())
+        now = asdict(self.cfg)
+        changed = [k for k in FIXED_ON_RESUME if saved.get(k) != now.get(k)]
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise DiffMASError(f"cannot resume {path} with different settings ({detail}); use the run's "
+                               "own settings or start a new --out")
+        ckpt.load_adapter_weights(self.adapters, path)
+        if self.comm is not None:
+            ckpt.load_comm_weights(self.comm, path)
+        state = torch.load(path / ckpt.STATE, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        rng_file = path / f"rng-{self.dist.rank}.pt"
+        if rng_file.exists() and state.get("world_size") == self.dist.world:
+            rng = torch.load(rng_file, weights_only=True)
+            set_rng_state(rng)
+            self.dropout_gen.set_state(rng["dropout"])
+        if self.dist.main:
+            self._truncate_log()
+            print(f"resuming from {path} at step {self.step}", flush=True)
+
+    def _truncate_log(self) -> None:
+        """Drop log lines of steps after the checkpoint (written before an interruption)."""
+        path = self.out / LOG
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+
+def train(cfg: TrainConfig, lm: LM | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the training run ``cfg``; returns its summary."""
+    return Trainer(cfg, lm=lm, progress=progress).train()
