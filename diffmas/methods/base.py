@@ -65,6 +65,11 @@ class Trace:
         return sum(a.prompt_tokens for a in self.agents)
 
 
+def missing_adapter(method: str) -> DiffMASError:
+    return DiffMASError(f"method {method} runs a trained system: pass --adapter DIR, a `diffmas train` output "
+                        "directory or one of its checkpoints (e.g. runs/train-x/final)")
+
+
 class Method:
     """A way of answering a batch of questions with one model."""
 
@@ -91,8 +96,7 @@ class Method:
         if self.uses_system and system is None:
             raise DiffMASError(f"method {self.name} needs a multi-agent system")
         if self.needs_adapter and adapter is None:
-            raise DiffMASError(f"method {self.name} runs a trained system: pass --adapter DIR, a `diffmas train` "
-                               "output directory or one of its checkpoints (e.g. runs/train-x/final)")
+            raise missing_adapter(self.name)
         if adapter is not None and not self.needs_adapter:
             raise DiffMASError(f"method {self.name} takes no --adapter; trained adapters run with --method "
                                "diffmas (latent MAS) or single_sft (single agent)")

@@ -13,15 +13,14 @@ import sys
 from diffmas.agents import SystemSpec
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.methods.base import MethodConfig
+from diffmas.methods.base import MethodConfig, missing_adapter
 from diffmas.methods.latent_mas import LatentMAS
 
 
 def open_checkpoint(method: str, adapter: str | None):
     """The checkpoint a trained method loads (a clear error when none is given)."""
     if adapter is None:
-        raise DiffMASError(f"method {method} runs a trained system: pass --adapter DIR, a `diffmas train` output "
-                           "directory or one of its checkpoints (e.g. runs/train-x/final)")
+        raise missing_adapter(method)
     from diffmas.train.checkpoint import TrainedCheckpoint
 
     return TrainedCheckpoint(adapter)
