@@ -1,0 +1,69 @@
+"""What one forward of each kind costs: prefill (tokens/s), a latent step and a decode step
+(milliseconds) at a given batch size and cache length, measured side by side in one process.
+
+    python benchmarks/step_costs.py --batch-size 8 --lengths 150 700
+
+Explains where latent_mas and text_mas spend their time: prefill is compute-bound, decode and
+latent steps are bound by reading the weights (a latent step skips the output head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from diffmas.engine import LM
+from diffmas.latent import Realigner, run_latent_steps
+from diffmas.models import load_model
+
+
+def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
+    prompts = [[100 + (i % 1000) for i in range(length)]] * batch
+    realigner = Realigner.for_lm(lm)
+    with torch.inference_mode():
+        cache = lm.new_cache(batch)
+        t0 = time.perf_counter()
+        hidden = lm.prefill(cache, "A", prompts)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run_latent_steps(lm, cache, "A", hidden, steps, realigner)
+        latent = (time.perf_counter() - t0) / steps
+        # Decode exactly `steps` tokens: no stop tokens, so no row leaves the batch.
+        stop, lm.stop_ids = lm.stop_ids, torch.tensor([], dtype=torch.long)
+        try:
+            t0 = time.perf_counter()
+            lm.decode(cache, "A", hidden, steps)
+            decode = (time.perf_counter() - t0) / (steps - 1)  # the last token needs no forward
+        finally:
+            lm.stop_ids = stop
+    return {"batch": batch, "length": length, "prefill_tokens_per_s": batch * length / prefill,
+            "latent_step_ms": 1000 * latent, "decode_step_ms": 1000 * decode,
+            "latent_over_decode": latent / decode}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--lengths", type=int, nargs="+", default=[150, 700])
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--out", default="benchmarks/results/step_costs.json")
+    args = p.parse_args()
+    lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+    rows = [measure(lm, b, n, args.steps) for b in args.batch_size for n in args.lengths]
+    print("| batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | {r['latent_step_ms']:.0f} | "
+              f"{r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
