@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from diffmas.cache import SharedKVCache
+from diffmas.config import option
 from diffmas.errors import DiffMASError
 from diffmas.models import stop_token_ids
 
@@ -31,6 +32,23 @@ class Sampling:
             raise DiffMASError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise DiffMASError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how: shared by evaluation, `run` and training configs."""
+
+    model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
+    dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
+    device: str = option("cpu", "torch device")
+    cache_dir: str | None = option(None, "where de-quantised offline models are cached")
+
+    def load_lm(self, device: str | None = None) -> "LM":
+        from diffmas.models import load_model
+
+        model, tokenizer = load_model(self.model, dtype=self.dtype, device=device or self.device,
+                                      cache_dir=self.cache_dir)
+        return LM(model, tokenizer, name=self.model)
 
 
 class LM:

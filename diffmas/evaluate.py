@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from diffmas.agents import load_system
 from diffmas.config import option
-from diffmas.engine import LM
+from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DiffMASError
 from diffmas.methods import Method, MethodConfig, get_method_class
 from diffmas.tasks import Example, Task, get_task
@@ -29,15 +29,11 @@ SUMMARY = "summary.json"
 
 
 @dataclass
-class SetupConfig(MethodConfig):
+class SetupConfig(MethodConfig, ModelConfig):
     """Which model and which method (with its system) to run: shared by `eval` and `run`."""
 
     method: str = option("latent_mas", "single | text_mas | latent_mas | diffmas | single_sft (the last two: "
                          "trained, with --adapter)")
-    model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
-    dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
-    device: str = option("cpu", "torch device")
-    cache_dir: str | None = option(None, "where de-quantised offline models are cached")
     system: str | None = option(None, "built-in system name or YAML file defining the agents")
     topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
     adapter: str | None = option(None, "trained adapters for diffmas / single_sft: a `diffmas train` output "
@@ -45,12 +41,6 @@ class SetupConfig(MethodConfig):
 
     def method_config(self) -> MethodConfig:
         return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
-
-    def load_lm(self) -> LM:
-        from diffmas.models import load_model
-
-        return LM(*load_model(self.model, dtype=self.dtype, device=self.device, cache_dir=self.cache_dir),
-                  name=self.model)
 
     def build_method(self, lm: LM, task: Task) -> Method:
         return build_method(self.method, lm, self.method_config(), task, self.system, self.topology, self.adapter)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffmas.config import option
+from diffmas.engine import ModelConfig
 from diffmas.errors import DiffMASError
 from diffmas.train.adapters import LoraSettings
 from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
@@ -24,14 +25,10 @@ FIXED_ON_RESUME = ("method", "model", "task", "split", "data_path", "offset", "l
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelConfig):
     # -- what is trained --------------------------------------------------------------------
     method: str = option("diffmas", "diffmas (latent MAS, one LoRA per agent) | single_sft (one agent, one "
                          "LoRA: the control)", choices=TRAIN_METHODS)
-    model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
-    dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
-    device: str = option("cpu", "torch device")
-    cache_dir: str | None = option(None, "where de-quantised offline models are cached")
     system: str | None = option(None, "built-in system name or YAML file defining the agents (diffmas)")
     topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
     latent_steps: int = option(10, "latent steps per upstream agent (without a curriculum; the ramp's end)")

@@ -131,13 +131,10 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------------
     def _load_lm(self) -> LM:
-        from diffmas.models import load_model
-
         device = self.cfg.device
         if device == "cuda" and self.dist.world > 1:
             device = f"cuda:{self.dist.local_rank}"
-        return LM(*load_model(self.cfg.model, dtype=self.cfg.dtype, device=device, cache_dir=self.cfg.cache_dir),
-                  name=self.cfg.model)
+        return self.cfg.load_lm(device)
 
     def _build_method(self) -> None:
         cfg, lm, task = self.cfg, self.lm, self.task
