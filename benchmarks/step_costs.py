@@ -54,6 +54,7 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+    measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation and dispatch costs
     rows = [measure(lm, b, n, args.steps) for b in args.batch_size for n in args.lengths]
     print("| batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode |")
     print("|---|---|---|---|---|---|")
