@@ -12,7 +12,7 @@ import torch
 from diffmas.agents import AgentSpec, SystemSpec
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.latent import CommAdapter, Realigner, run_latent_steps
+from diffmas.latent import CommAdapter, Realigner
 from diffmas.methods import LatentMAS, MethodConfig
 from diffmas.models import build_tiny_model
 from diffmas.train import AgentAdapters, LoraSettings, ObjectiveConfig, attention_projections, trajectory_loss
