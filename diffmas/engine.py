@@ -129,22 +129,13 @@ class LM:
         cache.append(agent, kind, new_real)
         return out.last_hidden_state
 
-    def forward(
-        self,
-        cache: SharedKVCache,
-        agent: str,
-        kind: str,
-        new_real: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Append T columns to the trace; return the last column's final hidden state (B, d).
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """:meth:`forward_states` (same arguments), returning only the last column's (B, d) state.
 
         ``new_real`` is the (B, T) real-token mask of the new columns. Callers left-pad, so the
         last column is real in every row and its hidden state is never a pad's.
         """
-        states = self.forward_states(cache, agent, kind, new_real, input_ids=input_ids, inputs_embeds=inputs_embeds)
-        return states[:, -1, :]
+        return self.forward_states(*args, **kwargs)[:, -1, :]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d) hidden states -> (B, V) float32 logits."""
