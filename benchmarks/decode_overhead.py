@@ -1,0 +1,137 @@
+"""Where the time of one batch-1 decode step goes, measured side by side in one process.
+
+    python benchmarks/decode_overhead.py                  # Qwen2.5-Coder-0.5B-Instruct, bf16
+    python benchmarks/decode_overhead.py --model tiny     # smoke run
+
+Rows, each in milliseconds per token at the same cache length:
+
+* ``weights only``: one ``F.linear`` per weight matrix the step reads (every decoder projection and
+  the output head) on a (1, d) input: the floor for eager kernels on this machine;
+* ``hf forward``: the Hugging Face model called one token at a time on a ``DynamicCache`` (no mask,
+  logits of the last token only): what ``generate`` does, minus its bookkeeping;
+* ``hf generate``: ``model.generate`` greedy, forced to run the full number of tokens;
+* ``engine decode``: :meth:`diffmas.engine.LM.decode`, the loop every method uses;
+
+and the bandwidth bound (weight bytes per token / copy bandwidth) for scale. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import copy_bandwidth, weight_bytes_per_token  # noqa: E402
+
+from diffmas.engine import LM  # noqa: E402
+from diffmas.models import build_tiny_model, load_model  # noqa: E402
+
+
+def best_of(fn, repeats: int) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` calls (the machine's noise only adds time)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def weights_only_ms(lm: LM, steps: int) -> float:
+    mats = [m.weight for m in lm.decoder.modules() if isinstance(m, torch.nn.Linear)] + [lm.head.weight]
+
+    def run():
+        for _ in range(steps):
+            for w in mats:
+                F.linear(torch.ones(1, w.shape[1], dtype=w.dtype), w)
+
+    return 1000 * best_of(run, 3) / steps
+
+
+def prompt(lm: LM, length: int) -> torch.Tensor:
+    vocab = lm.head.weight.shape[0]
+    return torch.tensor([[(100 + i) % vocab for i in range(length)]])
+
+
+def hf_forward_ms(lm: LM, length: int, steps: int) -> float:
+    ids = prompt(lm, length)
+
+    def run():
+        cache = DynamicCache(config=lm.model.config)
+        out = lm.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = lm.model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        run.elapsed = time.perf_counter() - t0
+
+    times = []
+    for _ in range(3):
+        run()
+        times.append(run.elapsed)
+    return 1000 * min(times) / steps
+
+
+def hf_generate_ms(lm: LM, length: int, steps: int) -> float:
+    ids = prompt(lm, length)
+    prefill = best_of(lambda: lm.model.generate(ids, max_new_tokens=1, do_sample=False), 2)
+    full = best_of(lambda: lm.model.generate(ids, max_new_tokens=steps + 1, min_new_tokens=steps + 1,
+                                             do_sample=False), 3)
+    return 1000 * (full - prefill) / steps
+
+
+def engine_decode_ms(lm: LM, length: int, steps: int) -> float:
+    ids = prompt(lm, length)[0].tolist()
+    stop, lm.stop_ids = lm.stop_ids, torch.tensor([], dtype=torch.long)  # run every step
+    times = []
+    try:
+        for _ in range(3):
+            cache = lm.new_cache(1)
+            hidden = lm.prefill(cache, "A", [ids])
+            t0 = time.perf_counter()
+            lm.decode(cache, "A", hidden, steps + 1)  # the last token needs no forward
+            times.append(time.perf_counter() - t0)
+    finally:
+        lm.stop_ids = stop
+    return 1000 * min(times) / steps
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="a model name, or 'tiny'")
+    p.add_argument("--length", type=int, default=150, help="cache length before decoding")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--out", default="benchmarks/results/decode_overhead.json")
+    args = p.parse_args()
+    lm = LM(*build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16), name="tiny") if args.model == "tiny" \
+        else LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+    bound_ms = 1000 * weight_bytes_per_token(lm) / copy_bandwidth()
+    with torch.inference_mode():
+        engine_decode_ms(lm, 16, 4)  # warm-up
+        rows = {
+            "bandwidth bound": bound_ms,
+            "weights only": weights_only_ms(lm, args.steps),
+            "hf forward": hf_forward_ms(lm, args.length, args.steps),
+            "hf generate": hf_generate_ms(lm, args.length, args.steps),
+            "engine decode": engine_decode_ms(lm, args.length, args.steps),
+        }
+    print(f"{lm.name}, {torch.get_num_threads()} threads, cache length {args.length}, batch 1\n")
+    print("| what | ms/token | tokens/s | share of bound |\n|---|---|---|---|")
+    for name, ms in rows.items():
+        print(f"| {name} | {ms:.1f} | {1000 / ms:.1f} | {100 * bound_ms / ms:.0f}% |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "threads": torch.get_num_threads(),
+                                          "ms_per_token": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
