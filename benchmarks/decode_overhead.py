@@ -12,6 +12,9 @@ Rows, each in milliseconds per token at the same cache length:
 * ``hf generate``: ``model.generate`` greedy, forced to run the full number of tokens;
 * ``engine decode``: :meth:`diffmas.engine.LM.decode`, the loop every method uses;
 
+then the first and last again with the linear layers on oneDNN-prepacked weights
+(:mod:`diffmas.models.packed`, what ``load_model`` does by default on CPU),
+
 and the bandwidth bound (weight bytes per token / copy bandwidth) for scale. Run it alone.
 """
 
@@ -24,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +34,7 @@ from bench import copy_bandwidth, weight_bytes_per_token  # noqa: E402
 
 from diffmas.engine import LM  # noqa: E402
 from diffmas.models import build_tiny_model, load_model  # noqa: E402
+from diffmas.models.packed import pack_linear_layers  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -45,12 +48,13 @@ def best_of(fn, repeats: int) -> float:
 
 
 def weights_only_ms(lm: LM, steps: int) -> float:
-    mats = [m.weight for m in lm.decoder.modules() if isinstance(m, torch.nn.Linear)] + [lm.head.weight]
+    layers = [m for m in lm.decoder.modules() if isinstance(m, torch.nn.Linear)] + [lm.head]
+    inputs = [torch.ones(1, m.in_features, dtype=m.weight.dtype) for m in layers]
 
     def run():
         for _ in range(steps):
-            for w in mats:
-                F.linear(torch.ones(1, w.shape[1], dtype=w.dtype), w)
+            for m, x in zip(layers, inputs):
+                m(x)
 
     return 1000 * best_of(run, 3) / steps
 
@@ -112,7 +116,7 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/decode_overhead.json")
     args = p.parse_args()
     lm = LM(*build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16), name="tiny") if args.model == "tiny" \
-        else LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+        else LM(*load_model(args.model, dtype="bfloat16", packed=False), name=args.model)
     bound_ms = 1000 * weight_bytes_per_token(lm) / copy_bandwidth()
     with torch.inference_mode():
         engine_decode_ms(lm, 16, 4)  # warm-up
@@ -123,6 +127,10 @@ def main() -> int:
             "hf generate": hf_generate_ms(lm, args.length, args.steps),
             "engine decode": engine_decode_ms(lm, args.length, args.steps),
         }
+        pack_linear_layers(lm.model)
+        engine_decode_ms(lm, 16, 4)  # warm-up: packs every weight
+        rows["weights only, packed"] = weights_only_ms(lm, args.steps)
+        rows["engine decode, packed"] = engine_decode_ms(lm, args.length, args.steps)
     print(f"{lm.name}, {torch.get_num_threads()} threads, cache length {args.length}, batch 1\n")
     print("| what | ms/token | tokens/s | share of bound |\n|---|---|---|---|")
     for name, ms in rows.items():

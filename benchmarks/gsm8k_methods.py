@@ -8,9 +8,11 @@ training run holds out), all methods in one process so the speed ratios are meas
 Targets (issue 2): latent_mas at least 4x faster than text_mas with at least 75% fewer generated
 tokens. The script prints both ratios and writes them to <out>/benchmark.json.
 
-Methods are interleaved one batch at a time (single, text_mas, latent_mas on problems 1-16, then
-on 17-32, ...), so that whatever else the machine is doing slows every method alike; the ratios
-compare the methods' own per-problem seconds.
+Methods take turns of ``--turn`` problems (default 48: single, text_mas, latent_mas on problems
+1-48, then on 49-96, ...), so that whatever else the machine is doing slows every method alike;
+the ratios compare the methods' own per-problem seconds. Within a turn batches overlap
+(continuous batching, ``--refill``); a turn ends with its last answers decoding alone, so
+longer turns favour the methods with long-tailed answer lengths a little more.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from diffmas.engine import LM
 from diffmas.evaluate import EvalConfig, evaluate
 from diffmas.models import load_model
-from diffmas.report import ratio_lines, summary_table
+from diffmas.report import ratio_lines, summary_table, warnings
 
 
 def main() -> int:
@@ -40,6 +42,8 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"])
     p.add_argument("--topology", default="sequential")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--turn", type=int, default=48, help="problems each method answers before the next one's turn")
+    p.add_argument("--refill", type=float, default=0.25, help="continuous batching (0: off), see diffmas eval")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--agent-max-new-tokens", type=int, default=256)
     p.add_argument("--latent-steps", type=int, default=10)
@@ -58,13 +62,14 @@ def main() -> int:
            for m in args.methods}
     base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
                       topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps)
+                      agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps,
+                      refill=args.refill)
     if not args.resume:
         for method in args.methods:
             shutil.rmtree(Path(args.out) / method, ignore_errors=True)
     summaries: list[dict] = []
-    for end in range(args.batch_size, args.last + args.batch_size, args.batch_size):
-        # resume=True: each call adds the next batch of problems to the method's records.
+    for end in range(args.turn, args.last + args.turn, args.turn):
+        # resume=True: each call adds the next turn's problems to the method's records.
         summaries = [evaluate(replace(base, method=m, out=str(Path(args.out) / m), limit=min(end, args.last),
                                       adapter=adapters.get(m), topology=None if m in adapters else args.topology,
                                       resume=True), lm=lms[m], progress=False)
@@ -75,8 +80,11 @@ def main() -> int:
     ratios = ratio_lines(summaries)
     for line in ratios:
         print(line)
+    flags = [w for s in summaries for w in warnings(s)]
+    for line in flags:
+        print(f"warning: {line}")
     report = {
-        "summaries": summaries, "ratios": ratios, "model_load_seconds": load_seconds,
+        "summaries": summaries, "ratios": ratios, "warnings": flags, "model_load_seconds": load_seconds,
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "command": "python benchmarks/gsm8k_methods.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()

@@ -139,6 +139,28 @@ class SharedKVCache:
         self.real = self.real[rows]
         self.visible = self.visible[rows]
 
+    def add_rows(self, other: "SharedKVCache") -> None:
+        """Append the rows of ``other`` (another batch's trace) after this cache's rows.
+
+        The two traces generally differ in length: the shorter is left-padded with masked columns
+        (``real == 0``), which changes no row's positions or attention. Segments describe columns
+        of one batch, so they cannot describe the merged rows: the result keeps none (a merged
+        cache is only ever decoded from, see :class:`diffmas.engine.DecodePool`).
+        """
+        if not self.batch_size:
+            self.kv, self.real, self.visible, self.segments = other.kv, other.real, other.visible, []
+            return
+        width = max(len(self), len(other))
+        for mine, theirs in zip(self.kv.layers, other.kv.layers, strict=True):
+            if type(mine).__name__ != "DynamicLayer" or type(theirs).__name__ != "DynamicLayer":
+                raise NotImplementedError(f"cannot merge cache layers of type {type(mine).__name__}")
+            # keys / values: (B, H, L, D); pad L on the left to `width`, then stack the rows.
+            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
+            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
+        self.real = torch.cat([_left_pad(self.real, width), _left_pad(other.real, width)])
+        self.visible = torch.cat([_left_pad(self.visible, width), _left_pad(other.visible, width)])
+        self.segments = []
+
     def truncate(self, length: int) -> None:
         """Drop every column from ``length`` on (e.g. to reuse a prefix)."""
         if not 0 <= length <= len(self):
@@ -162,3 +184,14 @@ def _rejoin(old: torch.Tensor, new: torch.Tensor, added: int) -> torch.Tensor:
     if kept <= 0:
         return new
     return torch.cat([old[..., old.shape[-2] - kept :, :], new[..., kept:, :]], dim=-2)
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros in front of the column axis (-2 for (B, H, L, D) keys, -1 for (B, L) masks) up to ``width``."""
+    axis = -2 if t.dim() == 4 else -1
+    missing = width - t.shape[axis]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=axis)

@@ -26,6 +26,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    min_new_tokens: int = 0  # stop tokens are forbidden before this many tokens
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -42,12 +43,14 @@ class ModelConfig:
     dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
     device: str = option("cpu", "torch device")
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")
+    packed: bool = option(True, "CPU inference: linear layers on oneDNN-prepacked weights (same results, about "
+                          "1.5x faster matrix products, one extra copy of the weights in memory)")
 
     def load_lm(self, device: str | None = None) -> "LM":
         from diffmas.models import load_model
 
         model, tokenizer = load_model(self.model, dtype=self.dtype, device=device or self.device,
-                                      cache_dir=self.cache_dir)
+                                      cache_dir=self.cache_dir, packed=self.packed)
         return LM(model, tokenizer, name=self.model)
 
 
@@ -185,24 +188,77 @@ class LM:
         the last step), so a batch costs what its unfinished rows cost, not what its longest row
         costs times the batch size. Decoding is always the last thing done with a trace.
         """
-        sampling = sampling or Sampling()
-        gen = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.temperature > 0 else None
+        pool = DecodePool(self, agent, sampling)
+        pool.add(cache, last_hidden, max_new_tokens, list(range(cache.batch_size)))
         out: list[list[int]] = [[] for _ in range(cache.batch_size)]
-        rows = torch.arange(cache.batch_size)  # rows[k]: the output row of cache row k
-        hidden = last_hidden
-        for step in range(max_new_tokens):
-            nxt = self._choose(self.logits(hidden).cpu(), sampling, gen)
-            for k, r in enumerate(rows.tolist()):
-                out[r].append(int(nxt[k]))
-            if step == max_new_tokens - 1:
-                break
-            running = ~torch.isin(nxt, self.stop_ids)
-            if not bool(running.all()):
-                keep = torch.nonzero(running).flatten()
-                if keep.numel() == 0:
-                    break
-                cache.select_rows(keep)
-                rows, nxt = rows[keep], nxt[keep]
-            ones = torch.ones(len(rows), 1, dtype=torch.long)
-            hidden = self.forward(cache, agent, "text", ones, input_ids=nxt[:, None].to(self.device))
+        while len(pool):
+            for row, ids in pool.step():
+                out[row] = ids
         return out
+
+
+class DecodePool:
+    """Rows decoding one token per step, possibly from several batches (continuous batching).
+
+    Rows leave as soon as they finish; the rows of another batch can join between any two steps
+    (:meth:`add`), so a long answer does not keep a nearly empty batch running on its own. Each row
+    has a caller-chosen key, returned with its tokens when it finishes. Greedy answers do not depend
+    on which rows share a step; sampled ones draw from one generator, so they do.
+    """
+
+    def __init__(self, lm: LM, agent: str, sampling: Sampling | None = None):
+        self.lm, self.agent = lm, agent
+        self.sampling = sampling or Sampling()
+        self.gen = torch.Generator(device="cpu").manual_seed(self.sampling.seed) if self.sampling.temperature > 0 \
+            else None
+        self.stop = set(lm.stop_ids.tolist())
+        self.cache: SharedKVCache | None = None
+        self.hidden: torch.Tensor | None = None  # (R, d): last hidden state of each running row
+        self.keys: list = []
+        self.out: list[list[int]] = []
+        self.budget: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, cache: SharedKVCache, last_hidden: torch.Tensor, max_new_tokens: int, keys: list) -> None:
+        """Let the rows of ``cache`` (their (B, d) last hidden states, one key each) join."""
+        if len(keys) != cache.batch_size or last_hidden.shape[0] != cache.batch_size:
+            raise ValueError(f"{len(keys)} keys and {last_hidden.shape[0]} hidden states for {cache.batch_size} rows")
+        if self.cache is None or not len(self):
+            self.cache, self.hidden = cache, last_hidden
+        else:
+            self.cache.add_rows(cache)
+            self.hidden = torch.cat([self.hidden, last_hidden])
+        self.keys += list(keys)
+        self.out += [[] for _ in keys]
+        self.budget += [max_new_tokens] * len(keys)
+
+    def step(self) -> list[tuple[object, list[int]]]:
+        """Choose the next token of every running row; return the rows that finished, as (key, ids)."""
+        if not len(self):
+            return []
+        lm, sampling = self.lm, self.sampling
+        logits = lm.logits(self.hidden).cpu()
+        early = torch.tensor([len(o) < sampling.min_new_tokens for o in self.out])
+        if bool(early.any()) and self.stop:
+            rows, stops = early.nonzero().flatten(), lm.stop_ids
+            logits[rows[:, None], stops[None, :]] = float("-inf")
+        nxt = lm._choose(logits, sampling, self.gen)
+        keep, done = [], []
+        for k, token in enumerate(nxt.tolist()):
+            self.out[k].append(token)
+            finished = token in self.stop or len(self.out[k]) >= self.budget[k]
+            (done if finished else keep).append(k)
+        finished = [(self.keys[k], self.out[k]) for k in done]
+        if done:
+            self.keys, self.out, self.budget = ([xs[k] for k in keep] for xs in (self.keys, self.out, self.budget))
+            if not keep:
+                self.cache = self.hidden = None
+                return finished
+            rows = torch.tensor(keep)
+            self.cache.select_rows(rows)
+            nxt = nxt[rows]
+        ones = torch.ones(len(nxt), 1, dtype=torch.long)
+        self.hidden = lm.forward(self.cache, self.agent, "text", ones, input_ids=nxt[:, None].to(lm.device))
+        return finished

@@ -54,6 +54,8 @@ class EvalConfig(SetupConfig):
     offset: int | None = option(None, "skip the first N examples; negative: keep only the last |N|")
     limit: int | None = option(None, "evaluate at most N examples (after --offset)")
     batch_size: int = option(8, "problems per batch")
+    refill: float = option(0.25, "continuous batching: when at most this share of a batch is still writing its "
+                           "answers, the next batch is prepared and joins them (0: batches run one after another)")
     samples: int = option(1, "answer every problem k times with different sampling seeds (needs --temperature "
                           "> 0): per-seed accuracy, majority vote and answer agreement")
     out: str | None = option(None, "output directory (default: runs/<task>-<method>)")
@@ -64,6 +66,8 @@ class EvalConfig(SetupConfig):
         if not 1 <= self.batch_size <= 1024:
             raise DiffMASError(f"batch_size must be in [1, 1024], got {self.batch_size}")
         check_samples(self.samples, self.temperature, "answer")
+        if not 0 <= self.refill <= 1:
+            raise DiffMASError(f"refill must be in [0, 1], got {self.refill}")
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.task}-{self.method}")
@@ -240,22 +244,24 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
         for sample in range(cfg.samples):
             method.config.seed = cfg.seed + 7919 * sample  # each sample draws its own tokens
             todo = [ex for ex in loaded.examples if (ex.id, sample) not in done]
-            for i in range(0, len(todo), cfg.batch_size):
-                batch = todo[i : i + cfg.batch_size]
-                t0 = time.perf_counter()
-                traces = method.run([ex.question for ex in batch], [ex.id for ex in batch])
-                per_example = (time.perf_counter() - t0) / len(batch)
-                for ex, trace in zip(batch, traces):
-                    record = make_record(ex, trace, task, per_example)
-                    if cfg.samples > 1:
-                        record["sample"] = sample
-                    fh.write(json.dumps(record) + "\n")
-                fh.flush()  # a killed run keeps every finished batch
-                bar.update(len(batch))
+            stream = method.run_stream([ex.question for ex in todo], [ex.id for ex in todo], cfg.batch_size, cfg.refill)
+            t0 = time.perf_counter()
+            for i, trace in stream:
+                # Answers finish one by one, batches overlap: each record gets the wall time since
+                # the previous one, so that the records' seconds add up to the method's time.
+                now = time.perf_counter()
+                record = make_record(todo[i], trace, task, now - t0)
+                t0 = now
+                if cfg.samples > 1:
+                    record["sample"] = sample
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()  # a killed run keeps every finished answer
+                bar.update(1)
     bar.close()
     wanted = _keys(loaded.examples, cfg.samples)
     records = [r for r in read_records(out / RECORDS) if _key(r) in wanted]
-    extra = {"split": cfg.split, "source": loaded.source, "skipped_rows": loaded.skipped,
+    extra = {"split": cfg.split, "source": loaded.source, "chance": task.chance(loaded.examples),
+             "skipped_rows": loaded.skipped,
              "skipped_reasons": loaded.skipped_reasons, "wall_seconds": time.perf_counter() - started,
              "peak_memory_mb": peak_memory_mb(cfg.device)}
     summary = summarise(records, cfg, extra)
@@ -263,3 +269,46 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / SUMMARY)
     return summary
+
+
+def rescore(run_dir: str | Path) -> tuple[dict, list[tuple[str, str | None, str | None]]]:
+    """Score the saved outputs of an evaluation run again with the task's current extraction.
+
+    A better answer extractor should not need the model run again: each record keeps its final
+    output text. Records and summary are rewritten in place (each atomically); returns the new
+    summary and the predictions that changed, as (id, before, after).
+    """
+    out = Path(run_dir)
+    if not (out / RECORDS).exists() or not (out / SUMMARY).exists():
+        raise DiffMASError(f"{out} is not a finished evaluation run (needs {RECORDS} and {SUMMARY}); "
+                           "run `diffmas eval` first")
+    old = json.loads((out / SUMMARY).read_text())
+    known = {f.name for f in fields(EvalConfig)}
+    cfg = EvalConfig(**{k: v for k, v in old["config"].items() if k in known})
+    if cfg.data_path is None and Path(old.get("source") or "").is_file():
+        cfg.data_path = old["source"]  # the same local file the run read, wherever DIFFMAS_DATA_DIR points now
+    task = get_task(cfg.task)
+    loaded = task.load(split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset)
+    examples = {ex.id: ex for ex in loaded.examples}
+    records, changed = read_records(out / RECORDS), []
+    for r in records:
+        if r["id"] not in examples:
+            raise DiffMASError(f"record {r['id']!r} is not in {cfg.task} ({loaded.source}): the data changed "
+                               "since this run; evaluate again instead")
+        if "output" not in r:
+            raise DiffMASError(f"record {r['id']!r} has no saved output (written by an older version); "
+                               "evaluate again instead")
+        prediction, correct = task.score(r["output"], examples[r["id"]])
+        if prediction != r["prediction"]:
+            changed.append((r["id"], r["prediction"], prediction))
+        r["prediction"], r["correct"] = prediction, bool(correct)
+    tmp = out / (RECORDS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(out / RECORDS)
+    keep = ("split", "source", "skipped_rows", "skipped_reasons", "wall_seconds", "peak_memory_mb")
+    extra = {k: old[k] for k in keep if k in old}
+    summary = summarise(records, cfg, {**extra, "chance": task.chance(loaded.examples)})
+    tmp = out / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / SUMMARY)
+    return summary, changed

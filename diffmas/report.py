@@ -30,6 +30,24 @@ def summary_table(summaries: list[dict]) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
+MAX_EXTRACTION_FAILURES = 0.05
+
+
+def warnings(summary: dict) -> list[str]:
+    """What a reader of a result should be told first: accuracy below guessing, or too many
+    outputs from which no answer could be read (the model's fault or the extractor's: look)."""
+    out, n = [], summary["n"]
+    chance = summary.get("chance")
+    name = f"{summary['method']} on {summary['task']}"
+    if chance is not None and n and summary["accuracy"] < chance:
+        out.append(f"{name}: accuracy {100 * summary['accuracy']:.1f}% is below chance ({100 * chance:.1f}%)")
+    failures = summary["extraction_failures"]
+    if n and failures > MAX_EXTRACTION_FAILURES * n:
+        out.append(f"{name}: no answer could be read from {failures} of {n} outputs ({100 * failures / n:.0f}%, "
+                   f"more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their `output` in records.jsonl")
+    return out
+
+
 def ratio_lines(summaries: list[dict], fast: str = "latent_mas", slow: str = "text_mas") -> list[str]:
     """Speed and token ratios of two methods measured in the same run."""
     by = {s["method"]: s for s in summaries}

@@ -90,3 +90,28 @@ def test_html_report_renders_in_headless_chromium(runs, tmp_path):
         assert width > 500 and height > 100  # the embedded plot decoded and is laid out
     finally:
         browser.quit()
+
+
+def summary(accuracy=0.5, chance=0.25, failures=0, n=40):
+    return {"method": "latent_mas", "task": "arc_challenge", "n": n, "accuracy": accuracy, "chance": chance,
+            "extraction_failures": failures}
+
+
+def test_warnings_flag_below_chance_and_unreadable_outputs():
+    from diffmas.report import warnings
+
+    assert warnings(summary()) == []
+    assert warnings(summary(chance=None, accuracy=0.0)) == []  # math: guessing scores ~0, nothing to flag
+    assert warnings(summary(failures=2)) == []  # 5% of 40 is the line, not over it
+    below, unread = warnings(summary(accuracy=0.2, failures=3))
+    assert "below chance (25.0%)" in below and "20.0%" in below
+    assert "3 of 40 outputs" in unread
+
+
+def test_chance_of_multiple_choice_examples():
+    from diffmas.tasks import Example, get_task
+
+    exs = [Example(id="a", question="q", gold="A", meta={"labels": list("ABCD")}),
+           Example(id="b", question="q", gold="B", meta={"choices": ["x", "y"]})]
+    assert get_task("arc_challenge").chance(exs) == pytest.approx((0.25 + 0.5) / 2)
+    assert get_task("gsm8k").chance(exs) is None

@@ -7,7 +7,7 @@ import torch
 
 from diffmas.agents import AgentSpec, SystemSpec, load_system
 from diffmas.engine import LM, Sampling
-from diffmas.errors import ContextLengthError
+from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 
@@ -144,6 +144,55 @@ def test_batch_size_never_changes_greedy_answers(lm, method_name, topology):
         assert alone.generated_tokens == t.generated_tokens
 
 
+# The tiny llama writes one token over and over, so its rows cannot be made to stop at different steps.
+@pytest.mark.parametrize("lm", ["tiny_qwen"], indirect=True)
+@pytest.mark.parametrize("method_name", ["single", "text_mas", "latent_mas"])
+@torch.no_grad()
+def test_continuous_batching_never_changes_greedy_answers(lm, method_name):
+    """Batches that join answers still being written (traces of other lengths, left-padded into one
+    cache) give every problem the answer it gets alone, and each problem exactly once."""
+    cls = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}[method_name]
+    method = cls(lm, MethodConfig(latent_steps=2, max_new_tokens=10, agent_max_new_tokens=4),
+                 answer_format="Box it.", system=load_system("sequential"))
+    questions = QUESTIONS + [q + " Explain." for q in QUESTIONS] + ["y"]
+    stop = lm.stop_ids
+    try:
+        # Stop tokens taken from the answers themselves, so rows finish at different steps.
+        lm.stop_ids = torch.tensor([], dtype=torch.long)
+        p = method.prepare(questions[:3])
+        outs = lm.decode(p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
+        lm.stop_ids = torch.tensor(sorted({o[2 + 3 * i] for i, o in enumerate(outs)}))
+        alone = [method.run([q])[0] for q in questions]
+        assert len({t.agents[-1].generated_tokens for t in alone}) > 1  # they do finish at different steps
+        for refill in (0.0, 0.5, 1.0):
+            got = dict(method.run_stream(questions, batch_size=3, refill=refill))
+            assert sorted(got) == list(range(len(questions)))
+            assert [got[i].final_text for i in range(len(questions))] == [t.final_text for t in alone]
+            assert [got[i].generated_tokens for i in range(len(questions))] == [t.generated_tokens for t in alone]
+    finally:
+        lm.stop_ids = stop
+    with pytest.raises(DiffMASError, match="refill"):
+        list(method.run_stream(questions, refill=2))
+
+
+@torch.no_grad()
+def test_merged_caches_give_each_row_its_own_next_state(lm):
+    a, b = lm.new_cache(1), lm.new_cache(2)
+    ha = lm.prefill(a, "A", [ids(lm, "a short one")])
+    hb = lm.prefill(b, "A", [ids(lm, "a much longer prompt than the first, with more tokens"), ids(lm, "mid size")])
+    token = torch.tensor([[5]])
+    alone = [lm.forward(c, "A", "text", torch.ones(n, 1, dtype=torch.long), input_ids=token.repeat(n, 1))
+             for c, n in ((a, 1), (b, 2))]
+    a2, b2 = lm.new_cache(1), lm.new_cache(2)
+    lm.prefill(a2, "A", [ids(lm, "a short one")])
+    lm.prefill(b2, "A", [ids(lm, "a much longer prompt than the first, with more tokens"), ids(lm, "mid size")])
+    a2.add_rows(b2)
+    assert a2.batch_size == 3 and len(a2) == len(b2) == a2.kv.get_seq_length()
+    merged = lm.forward(a2, "A", "text", torch.ones(3, 1, dtype=torch.long), input_ids=token.repeat(3, 1))
+    torch.testing.assert_close(merged, torch.cat(alone), rtol=1e-4, atol=1e-4)
+    assert ha.shape == (1, hb.shape[1])
+
+
 @torch.no_grad()
 def test_hierarchical_agents_do_not_see_each_other(lm):
     """A domain agent's latent thoughts are the same whether or not a sibling ran before it."""
@@ -176,6 +225,27 @@ def test_sampling_is_seeded(lm):
     assert [t.final_text for t in a] == [t.final_text for t in b]
     with pytest.raises(Exception, match="top_p"):
         Sampling(temperature=1.0, top_p=0.0)
+
+
+@torch.no_grad()
+def test_min_new_tokens_forbids_an_empty_answer(lm):
+    """The greedy first token is made a stop token: without min_new_tokens the answer is empty."""
+    prompt = lm.chat_ids([{"role": "user", "content": QUESTIONS[0]}])
+    first = int(lm.logits(lm.prefill(lm.new_cache(1), "A", [prompt])).argmax(-1))
+    stop = lm.stop_ids
+    lm.stop_ids = torch.tensor([first])
+    try:
+        runs = {}
+        for k in (0, 1, 3):
+            cache = lm.new_cache(1)
+            runs[k] = lm.decode(cache, "A", lm.prefill(cache, "A", [prompt]), 8, Sampling(min_new_tokens=k))[0]
+    finally:
+        lm.stop_ids = stop
+    assert runs[0] == [first]
+    assert runs[1][0] != first and len(runs[1]) >= 2
+    assert first not in runs[3][:3]
+    with pytest.raises(DiffMASError, match="min_new_tokens"):
+        MethodConfig(max_new_tokens=4, min_new_tokens=5)
 
 
 def test_context_overflow_names_the_example(lm):

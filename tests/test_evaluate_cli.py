@@ -63,6 +63,32 @@ def test_resume_skips_written_examples_without_duplicates(model_dir, tmp_path):
     assert all(by_id[r["id"]] == r["prediction"] for r in read_valid(out))
 
 
+def test_rescore_rewrites_predictions_from_saved_outputs(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(eval_args(model_dir, out, "--method", "single")) == 0
+    records = read(out)
+    # Pretend the model had answered the first problem correctly and the second with no answer,
+    # and that an older extractor had missed the first: rescoring must find both from the text.
+    records[0]["output"] = f"So the total is \\boxed{{{records[0]['gold']}}}."
+    records[0]["prediction"], records[0]["correct"] = None, False
+    records[1]["output"] = "I do not know."
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["rescore", str(out)]) == 0
+    after = read(out)
+    assert [r["id"] for r in after] == [r["id"] for r in records]
+    assert after[0]["prediction"] is not None and after[0]["correct"] is True
+    assert after[1]["prediction"] is None and after[1]["correct"] is False
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["correct"] == sum(r["correct"] for r in after)
+    assert summary["extraction_failures"] == sum(r["prediction"] is None for r in after)
+    assert f"{records[0]['id']}: None -> " in capsys.readouterr().out
+
+
+def test_rescore_refuses_a_directory_without_a_run(tmp_path, capsys):
+    assert main(["rescore", str(tmp_path)]) == 1
+    assert "not a finished evaluation run" in capsys.readouterr().err
+
+
 def read_valid(out):
     rows = []
     for line in (out / "records.jsonl").read_text().splitlines():

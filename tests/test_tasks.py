@@ -91,6 +91,28 @@ def test_extract_choice(text, expected):
     assert extract_choice(text, "ABCD", OPTS) == expected
 
 
+# Outputs of Qwen2.5-Coder-0.5B on ARC-Challenge that stated the option without its letter.
+@pytest.mark.parametrize("text, options, expected", [
+    (r"so the object is \boxed{25} cm.", ["5 cm", "25 cm", "50 cm", "100 cm"], "B"),
+    (r"\boxed{0.5}", ["1/2", "0.25", "2", "4"], "A"),  # numbers compare as numbers
+    (r"\boxed{7}", ["7 m", "7 km", "14 m", "1 m"], None),  # two options say 7: no guess
+    ("Thinking...\nThe best way is to use paper towels to clean up spills.",
+     ["turn off lights", "use paper towels to clean up spills", "recycle cans", "take showers"], "B"),
+    ("The correct OPTION is: Theamount of larger sediment particles being carriedby the water will increase.",
+     ["The amount of larger sediment particles being carried by the water will increase.", "It will stop",
+      "It freezes", "Nothing changes"], "A"),
+    # An echo of the question's option list is not a choice.
+    ("Which one?\nA) lipids bonding\nB) monomers bonding\nD) saccharides bonding",
+     ["lipids bonding", "monomers bonding", "amino acids bonding", "saccharides bonding"], None),
+    ("D) saccharides bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], "D"),
+    ("D) lipids bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], None),
+    ("Both lipids bonding and monomers bonding occur.", ["lipids bonding", "monomers bonding", "x y z", "w"], None),
+    ("The answer is yes.", ["yes", "no"], None),  # options shorter than 4 characters are not searched for
+])
+def test_extract_choice_by_option_text(text, options, expected):
+    assert extract_choice(text, "ABCD"[: len(options)], options) == expected
+
+
 def ai2_row(labels, key, qid="Q1"):
     choices = [{"text": f"option {i}", "label": lab} for i, lab in enumerate(labels)]
     return {"id": qid, "question": {"stem": "Which one?", "choices": choices}, "answerKey": key}

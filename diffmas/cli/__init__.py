@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "tasks": ("diffmas.cli.tasks", "list the tasks (benchmarks)"),
     "run": ("diffmas.cli.run", "answer one question and show what every agent contributed"),
     "eval": ("diffmas.cli.eval", "evaluate a method on a task"),
+    "rescore": ("diffmas.cli.rescore", "score saved evaluation outputs again with the current answer extraction"),
     "compare": ("diffmas.cli.compare", "compare evaluation runs: table, CSV, plots, HTML report"),
     "collect": ("diffmas.cli.collect", "keep the correct trajectories of a sampled text multi-agent teacher"),
     "train": ("diffmas.cli.train", "train a latent multi-agent system (or the single-agent control)"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from diffmas.cli._common import parse_config, quiet_transformers
 from diffmas.evaluate import RECORDS, SUMMARY, EvalConfig, evaluate
-from diffmas.report import summary_table
+from diffmas.report import summary_table, warnings
 
 
 def print_summary(summary: dict) -> None:
@@ -20,6 +20,8 @@ def print_summary(summary: dict) -> None:
               f"{100 * st['std']:.1f}); majority vote {100 * st['majority_accuracy']:.1f}%; answers agree on "
               f"{100 * st['agreement']:.1f}% of problems")
     print(f"\npeak memory {summary['peak_memory_mb']:.0f} MB, wall time {summary['wall_seconds']:.1f}s")
+    for line in warnings(summary):
+        print(f"warning: {line}")
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffmas.evaluate import rescore
-from diffmas.report import summary_table
+from diffmas.report import summary_table, warnings
 
 
 def main(argv: list[str]) -> int:
@@ -26,4 +26,6 @@ def main(argv: list[str]) -> int:
             print(f"  {ex_id}: {before!r} -> {after!r}")
     print()
     print(summary_table(summaries))
+    for line in (w for s in summaries for w in warnings(s)):
+        print(f"warning: {line}")
     return 0

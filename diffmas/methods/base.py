@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import torch
+
 from diffmas.agents import SystemSpec
+from diffmas.cache import SharedKVCache
 from diffmas.config import option
-from diffmas.engine import LM, Sampling
+from diffmas.engine import LM, DecodePool, Sampling
 from diffmas.errors import ContextLengthError, DiffMASError
 
 
@@ -19,6 +23,9 @@ class MethodConfig:
     temperature: float = option(0.0, "sampling temperature; 0 means greedy")
     top_p: float = option(1.0, "nucleus sampling mass (with temperature > 0)")
     seed: int = option(0, "random seed for sampling")
+    # An untrained latent_mas judger ended its turn at once on 3 of 16 MedQA problems: an empty
+    # answer is never useful, so the first token may not be a stop token.
+    min_new_tokens: int = option(1, "each agent writes at least this many tokens before it may stop")
     readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
 
     def __post_init__(self) -> None:
@@ -27,9 +34,12 @@ class MethodConfig:
         for name in ("max_new_tokens", "agent_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DiffMASError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_new_tokens <= min(self.max_new_tokens, self.agent_max_new_tokens):
+            raise DiffMASError(f"min_new_tokens must be in [0, {min(self.max_new_tokens, self.agent_max_new_tokens)}] "
+                               f"(the token budgets), got {self.min_new_tokens}")
 
     def sampling(self, offset: int = 0) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.seed + offset)
+        return Sampling(self.temperature, self.top_p, self.seed + offset, self.min_new_tokens)
 
 
 @dataclass
@@ -70,8 +80,25 @@ def missing_adapter(method: str) -> DiffMASError:
                         "directory or one of its checkpoints (e.g. runs/train-x/final)")
 
 
+@dataclass
+class Prepared:
+    """A batch brought up to its answers: the answering agent's trace, ready to decode."""
+
+    cache: SharedKVCache
+    last_hidden: torch.Tensor  # (B, d): the hidden state of each row's last prompt token
+    agent: str  # who writes the answers
+    max_new_tokens: int
+    sampling: Sampling
+    finish: Callable[[int, list[int]], Trace]  # (row, answer ids) -> that problem's trace
+
+
 class Method:
-    """A way of answering a batch of questions with one model."""
+    """A way of answering a batch of questions with one model.
+
+    Subclasses implement :meth:`prepare` (everything before the answer is written); answering
+    is shared: :meth:`run` decodes one batch, :meth:`run_stream` lets later batches join the
+    answers still being written.
+    """
 
     name = "method"
     uses_system = False
@@ -101,8 +128,39 @@ class Method:
             raise DiffMASError(f"method {self.name} takes no --adapter; trained adapters run with --method "
                                "diffmas (latent MAS) or single_sft (single agent)")
 
-    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
         raise NotImplementedError
+
+    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+        p = self.prepare(questions, ids)
+        outputs = self.lm.decode(p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
+        return [p.finish(b, out) for b, out in enumerate(outputs)]
+
+    def run_stream(self, questions: list[str], ids: list[str] | None = None, batch_size: int = 8,
+                   refill: float = 0.25) -> Iterator[tuple[int, Trace]]:
+        """Answer ``questions`` batch by batch, yielding (index, trace) as each answer finishes.
+
+        When at most ``refill * batch_size`` answers are still being written, the next batch is
+        prepared and its rows join the same decoding steps: a few long answers no longer run
+        alone at batch size 1 (decoding is bound by reading the weights, so extra rows are
+        nearly free). Greedy answers are the same as :meth:`run`'s.
+        """
+        if not 0 <= refill <= 1:
+            raise DiffMASError(f"refill must be in [0, 1], got {refill}")
+        ids = ids or [f"#{i}" for i in range(len(questions))]
+        pool: DecodePool | None = None
+        start = 0
+        while start < len(questions) or (pool is not None and len(pool)):
+            if start < len(questions) and (pool is None or len(pool) <= refill * batch_size):
+                end = min(start + batch_size, len(questions))
+                p = self.prepare(questions[start:end], ids[start:end])
+                pool = pool or DecodePool(self.lm, p.agent, p.sampling)
+                keys = [(start + b, b, p.finish) for b in range(end - start)]
+                pool.add(p.cache, p.last_hidden, p.max_new_tokens, keys)
+                start = end
+                continue
+            for (index, row, finish), out in pool.step():
+                yield index, finish(row, out)
 
     def check_fits(self, ids: list[str] | None, needed: list[int], what: str) -> None:
         """Raise a clear error if a problem needs more positions than the model has."""

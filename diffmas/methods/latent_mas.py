@@ -19,7 +19,7 @@ import torch
 
 from diffmas.cache import SharedKVCache
 from diffmas.latent import LatentMap, Realigner, run_latent_steps
-from diffmas.methods.base import AgentTrace, Method, Trace
+from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
 from diffmas.prompts import agent_messages
 
 
@@ -139,13 +139,13 @@ class LatentMAS(Method):
             for seg in cache.segments_of(agent.name):
                 cache.set_visible(seg, False, rows=hide[:, j].bool())
 
-    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
         lm, cfg, final = self.lm, self.config, self.system.final
         built = self.build_trace(questions, ids, reserve=cfg.max_new_tokens)
-        outputs = lm.decode(built.cache, final.name, built.last_hidden, cfg.max_new_tokens, cfg.sampling())
-        results = []
-        for b, out in enumerate(outputs):
+
+        def finish(b: int, out: list[int]) -> Trace:
             text = lm.decode_text(out)
             agents = built.agents[b] + [AgentTrace(final.name, final.role, len(built.prompts[-1][b]), text, len(out))]
-            results.append(Trace(text, agents))
-        return results
+            return Trace(text, agents)
+
+        return Prepared(built.cache, built.last_hidden, final.name, cfg.max_new_tokens, cfg.sampling(), finish)

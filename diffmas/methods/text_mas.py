@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffmas.methods.base import AgentTrace, Method, Trace
+from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
 from diffmas.prompts import agent_messages
 
 
@@ -20,7 +20,8 @@ class TextMAS(Method):
                                   answer_format=self.answer_format, earlier=earlier)
         return self.lm.chat_ids(messages)
 
-    def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
+    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
+        """Run every agent but the last, then prefill the last one's prompt (it has their texts)."""
         lm, cfg, system = self.lm, self.config, self.system
         batch = len(questions)
         texts: list[list[str]] = [[] for _ in range(batch)]
@@ -33,9 +34,16 @@ class TextMAS(Method):
             # Each agent starts from a fresh cache: text MAS passes text, not state.
             cache = lm.new_cache(batch)
             hidden = lm.prefill(cache, agent.name, prompts)
+            if final:
+                break
             outputs = lm.decode(cache, agent.name, hidden, budget, cfg.sampling(offset=j))
             for b, (prompt, out) in enumerate(zip(prompts, outputs)):
                 text = lm.decode_text(out)
                 texts[b].append(text)
                 traces[b].append(AgentTrace(agent.name, agent.role, len(prompt), text, len(out)))
-        return [Trace(texts[b][-1], traces[b]) for b in range(batch)]
+
+        def finish(b: int, out: list[int]) -> Trace:
+            text = lm.decode_text(out)
+            return Trace(text, traces[b] + [AgentTrace(agent.name, agent.role, len(prompts[b]), text, len(out))])
+
+        return Prepared(cache, hidden, agent.name, budget, cfg.sampling(offset=j), finish)

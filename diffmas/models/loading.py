@@ -22,6 +22,7 @@ import torch
 
 from diffmas.errors import DiffMASError, ModelNotInstalledError, UnknownNameError
 from diffmas.models import cache
+from diffmas.models.packed import pack_linear_layers
 from diffmas.models.registry import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, get_offline_model
 
 ATTN_IMPLEMENTATION = "sdpa"
@@ -253,15 +254,22 @@ def _not_found(name: str, err: Exception | None = None) -> UnknownNameError:
     return UnknownNameError("model", name, list(OFFLINE_MODELS), hint=hint)
 
 
-def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None):
+def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None, packed: bool = True):
     """Load ``(model, tokenizer)`` from a registry name, a local directory or a hub id.
 
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
     default: about 3x faster than float32 on CPUs with bf16 support), "float32", "float16",
-    "auto" or a torch dtype.
+    "auto" or a torch dtype. ``packed``: on CPU, run inference of the linear layers on
+    oneDNN-prepacked weights (:mod:`diffmas.models.packed`: same results, faster decoding).
     """
+    model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
+    if packed and str(device).startswith("cpu"):
+        pack_linear_layers(model)
+    return model, tokenizer
+
+
+def _load(name_or_path, dtype, device, cache_dir):
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    dtype = resolve_dtype(dtype)
     entry = get_offline_model(name)
     if entry is not None:
         return _load_registry_model(entry, dtype, device, cache_dir)

@@ -252,12 +252,49 @@ def _letter_by_text(fragment: str, valid: Sequence[str], options: Sequence[str])
     return None
 
 
+def _letter_by_number(fragment: str, valid: Sequence[str], options: Sequence[str]) -> str | None:
+    """The letter of the one option whose number equals a boxed number (``\\boxed{25}`` -> "25 cm")."""
+    value = parse_number(fragment)
+    if value is None:
+        return None
+    hits = [valid[i] for i, opt in enumerate(options)
+            if i < len(valid) and (n := parse_number(opt)) is not None and numbers_close(n, value)]
+    return hits[0] if len(hits) == 1 else None
+
+
+_OPTION_LINE_RE = re.compile(r"^\(?[A-J][).:]\s")
+
+
+def _letter_in_last_line(text: str, valid: Sequence[str], options: Sequence[str]) -> str | None:
+    """The letter of the one option whose text the last line states ("... use paper towels.").
+
+    Spaces and case are ignored (a latent judger wrote "Theamount of ... carriedby"). A last line
+    that is an option line ("D) Schizophrenia") is a choice when its text is that option's and no
+    other line is an option line; several are an echo of the question's list, not a choice.
+    """
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    if _OPTION_LINE_RE.match(lines[-1]):
+        letter = lines[-1].lstrip("(")[0]
+        if sum(bool(_OPTION_LINE_RE.match(ln)) for ln in lines) > 1 or letter not in valid[: len(options)]:
+            return None
+        body = _OPTION_LINE_RE.sub("", lines[-1], count=1)
+        return letter if _normalised_text(body) == _normalised_text(options[valid.index(letter)]) else None
+    line = _normalised_text(lines[-1])
+    texts = [_normalised_text(opt) for opt in options[: len(valid)]]
+    # Short options ("4", "no") would match by accident inside longer words or numbers.
+    hits = [valid[i] for i, t in enumerate(texts) if len(t) >= 4 and t in line]
+    return hits[0] if len(hits) == 1 else None
+
+
 def extract_choice(text: str | None, letters: Sequence[str] = "ABCDE",
                    options: Sequence[str] | None = None) -> str | None:
     """The chosen option letter, considering only ``letters`` valid for the question.
 
-    Order of evidence: the last box (letter or exact option text), "answer is B", a reply that is
-    just a letter, and finally the last "(B)" in the text.
+    Order of evidence: the last box (a letter, an option's exact text, or the number of one option),
+    "answer is B", a reply that is just a letter, the last "(B)" in the text, and finally the text
+    of one option stated in the last line.
     """
     if not text:
         return None
@@ -266,6 +303,7 @@ def extract_choice(text: str | None, letters: Sequence[str] = "ABCDE",
     if boxed is not None:
         # Option text first: a boxed option "A magnet" must not read as letter A.
         found = (_letter_by_text(boxed, valid, options) if options else None) or _letter_of(boxed, valid)
+        found = found or (_letter_by_number(boxed, valid, options) if options else None)
         if found:
             return found
     for m in reversed(list(_ANSWER_LETTER_RE.finditer(text))):
@@ -277,4 +315,4 @@ def extract_choice(text: str | None, letters: Sequence[str] = "ABCDE",
     for m in reversed(list(_PAREN_LETTER_RE.finditer(text))):
         if m.group(1) in valid:
             return m.group(1)
-    return None
+    return _letter_in_last_line(text, valid, options) if options else None

@@ -177,6 +177,10 @@ class Task:
         final = f"The final answer is \\boxed{{{example.gold}}}."
         return f"{solution}\n\n{final}" if solution else final
 
+    def chance(self, examples: list[Example]) -> float | None:
+        """Expected accuracy of guessing uniformly on ``examples``; None where guessing scores ~0."""
+        return None
+
     def score(self, text: str, example: Example) -> tuple[str | None, bool]:
         """Extract the answer from a model output and compare it: the single evaluation entry point."""
         pred = self.extract_answer(text or "", example)
@@ -245,6 +249,10 @@ class MultipleChoiceTask(Task):
 
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         return prediction is not None and prediction.strip().upper() == example.gold.strip().upper()
+
+    def chance(self, examples: list[Example]) -> float | None:
+        counts = [len(ex.meta.get("labels") or ex.meta.get("choices") or ()) for ex in examples]
+        return sum(1 / c for c in counts if c) / len(counts) if counts and all(counts) else None
 
 
 def format_options(stem: str, texts: list[str]) -> tuple[str, list[str]]:
