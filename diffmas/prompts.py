@@ -36,7 +36,10 @@ ROLE_PROMPTS: dict[str, str] = {
 # What the final agent (and a single agent) is told about the answer's form, if the task says nothing.
 DEFAULT_ANSWER_FORMAT = {
     "math": "Put the final numerical answer in \\boxed{}.",
-    "multiple_choice": "Put only the letter of the correct option in \\boxed{}.",
+    # No example letter: a latent_mas judger copied "e.g. \\boxed{B}" for 47 of 50 ARC-Challenge
+    # problems. Not "put only the letter": the single agent then skipped its reasoning and wrote a
+    # bare "B" for 21 of 24 CommonsenseQA problems (docs/RESULTS.md). It follows "Reason step by step."
+    "multiple_choice": "Then write the letter of the correct option in \\boxed{}.",
     "code": "Write the complete Python solution in one ```python code block.",
 }
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmas.errors import DataError, UnknownNameError
+from diffmas.prompts import DEFAULT_ANSWER_FORMAT
 from diffmas.tasks import answers, io
 
 MAX_REASONS = 10  # enough to diagnose a bad file without flooding logs
@@ -224,7 +225,7 @@ class MathTask(Task):
     """Tasks whose gold is a number (or LaTeX expression) compared mathematically."""
 
     family = "math"
-    answer_format = "Put the final numerical answer in \\boxed{}."
+    answer_format = DEFAULT_ANSWER_FORMAT["math"]
 
     def extract_answer(self, text: str, example: Example | None = None) -> str | None:
         return answers.extract_math_answer(text)
@@ -237,9 +238,7 @@ class MultipleChoiceTask(Task):
     """Tasks whose gold is an option letter; ``meta["labels"]``/``meta["choices"]`` list the options."""
 
     family = "multiple_choice"
-    # No example letter: a latent_mas judger copied "e.g. \\boxed{B}" for 47 of 50 ARC-Challenge
-    # problems (docs/RESULTS.md).
-    answer_format = "Put only the letter of the correct option in \\boxed{}."
+    answer_format = DEFAULT_ANSWER_FORMAT["multiple_choice"]
 
     def extract_answer(self, text: str, example: Example | None = None) -> str | None:
         if example is None:
