@@ -86,6 +86,8 @@ OPTS = ["fog", "rain", "drought", "a magnet"]
     ("Answer: (C) drought", "C"), ("The answer is **D**", "D"), ("b", "B"),
     ("(A) fog or (B) rain... I pick (C)", "C"), (r"\boxed{E}", None), ("The answer is E.", None),
     ("I am not sure", None),
+    ("Therefore, the correct option is C.", "C"), ("The correct option is D) drought", "D"),
+    ("Option A is wrong. Option B is wrong.", None), ("The letter of the correct option is COPERNicus.", None),
 ])
 def test_extract_choice(text, expected):
     assert extract_choice(text, "ABCD", OPTS) == expected

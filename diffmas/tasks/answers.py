@@ -220,8 +220,11 @@ def math_equal(pred: str | None, gold: str | None) -> bool:
 
 # ------------------------------------------------------------------------ multiple choice
 LETTERS = "ABCDEFGHIJ"
+# "answer is B", "Answer: (B)", "the correct option is B", "choice is: B"; not "Option B is wrong"
+# (a chain of thought going through the options), hence "is" is required after option / choice.
 _ANSWER_LETTER_RE = re.compile(
-    r"(?i:\banswer\b)\s*(?i:is|:|=)?\s*(?i:option|choice)?\s*[:*\s]*\(?([A-Z])\)?(?![A-Za-z0-9])")
+    r"(?i:\banswer\b\s*(?:is|:|=)?|\b(?:option|choice)\s+is)\s*(?i:option|choice)?\s*[:*\s]*\(?([A-Z])\)?"
+    r"(?![A-Za-z0-9])")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 
 
