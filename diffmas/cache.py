@@ -139,6 +139,12 @@ class SharedKVCache:
         self.real = self.real[rows]
         self.visible = self.visible[rows]
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether :meth:`add_rows` can merge this trace: every layer keeps all its positions
+        (sliding-window layers, as in Gemma 3, keep only their window)."""
+        return all(type(layer).__name__ == "DynamicLayer" for layer in self.kv.layers)
+
     def add_rows(self, other: "SharedKVCache") -> None:
         """Append the rows of ``other`` (another batch's trace) after this cache's rows.
 
@@ -153,7 +159,8 @@ class SharedKVCache:
         width = max(len(self), len(other))
         for mine, theirs in zip(self.kv.layers, other.kv.layers, strict=True):
             if type(mine).__name__ != "DynamicLayer" or type(theirs).__name__ != "DynamicLayer":
-                raise NotImplementedError(f"cannot merge cache layers of type {type(mine).__name__}")
+                raise NotImplementedError(f"cannot merge cache layers of type {type(mine).__name__} "
+                                          f"and {type(theirs).__name__}")
             # keys / values: (B, H, L, D); pad L on the left to `width`, then stack the rows.
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
             mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])

@@ -176,6 +176,29 @@ def test_continuous_batching_never_changes_greedy_answers(lm, method_name):
 
 
 @torch.no_grad()
+def test_sliding_window_traces_take_turns_instead_of_merging(tiny_qwen):
+    """Gemma 3 style sliding-window layers keep only their window, so their traces cannot be
+    left-padded into one cache: continuous batching falls back to one batch after another."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny_qwen
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.layer_types = ["sliding_attention"] + ["full_attention"] * (config.num_hidden_layers - 1)
+    config.use_sliding_window, config.sliding_window = True, 64
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        windowed = LM(AutoModelForCausalLM.from_config(config).eval(), tokenizer)
+    assert not windowed.new_cache(1).mergeable and lm_cache_mergeable(tiny_qwen)
+    method = SingleAgent(windowed, MethodConfig(max_new_tokens=6), answer_format="Box it.")
+    got = dict(method.run_stream(QUESTIONS, batch_size=2, refill=1.0))
+    assert [got[i].final_text for i in range(len(QUESTIONS))] == [t.final_text for t in method.run(QUESTIONS)]
+
+
+def lm_cache_mergeable(pair) -> bool:
+    return LM(*pair).new_cache(1).mergeable
+
+
+@torch.no_grad()
 def test_merged_caches_give_each_row_its_own_next_state(lm):
     a, b = lm.new_cache(1), lm.new_cache(2)
     ha = lm.prefill(a, "A", [ids(lm, "a short one")])
