@@ -1,6 +1,6 @@
 """The speed report of a model on this machine, as ratios measured side by side in one run.
 
-    python benchmarks/bench.py                                   # Qwen2.5-Coder-0.5B-Instruct, bf16
+    DIFFMAS_DATA_DIR=../shared/data python benchmarks/bench.py   # Qwen2.5-Coder-0.5B-Instruct, bf16 (training on GSM8K)
     python benchmarks/bench.py --model tiny --problems 4         # a smoke run on a random tiny model
     python benchmarks/bench.py --adapter diffmas=runs/train-x/final --skip-training
 
@@ -142,6 +142,9 @@ def print_report(report: dict) -> None:
         fewer = 1 - ms["latent_mas"]["mean_generated_tokens"] / max(ms["text_mas"]["mean_generated_tokens"], 1e-9)
         print(f"latent_mas vs text_mas: {speed:.2f}x faster (target >= 5x), {100 * fewer:.1f}% fewer tokens "
               "(target >= 85%)")
+    if "error" in report.get("training", {}):
+        print("training throughput was not measured; benchmarks/train_throughput.py failed with:\n"
+              + report["training"]["error"].strip().splitlines()[-1])
     if "training" in report:
         for r in report["training"].get("rows", []):
             print(f"training, batch {r['batch_size']}, checkpointing {r['gradient_checkpointing']}: "
