@@ -240,10 +240,9 @@ class DecodePool:
             return []
         lm, sampling = self.lm, self.sampling
         logits = lm.logits(self.hidden).cpu()
-        early = torch.tensor([len(o) < sampling.min_new_tokens for o in self.out])
-        if bool(early.any()) and self.stop:
-            rows, stops = early.nonzero().flatten(), lm.stop_ids
-            logits[rows[:, None], stops[None, :]] = float("-inf")
+        early = [k for k, o in enumerate(self.out) if len(o) < sampling.min_new_tokens]
+        if early and self.stop:
+            logits[torch.tensor(early)[:, None], lm.stop_ids[None, :]] = float("-inf")
         nxt = lm._choose(logits, sampling, self.gen)
         keep, done = [], []
         for k, token in enumerate(nxt.tolist()):

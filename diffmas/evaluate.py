@@ -124,14 +124,23 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: a reader or a crash never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def rewrite_clean(path: Path) -> list[dict]:
     """Rewrite ``path`` without a torn last line (a run killed mid-write), so that appended
     records start on a line of their own; return the records kept."""
     records = read_records(path)
     if path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(path)
+        write_records(path, records)
     return records
 
 
@@ -265,9 +274,7 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
              "skipped_reasons": loaded.skipped_reasons, "wall_seconds": time.perf_counter() - started,
              "peak_memory_mb": peak_memory_mb(cfg.device)}
     summary = summarise(records, cfg, extra)
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / SUMMARY)
+    write_atomically(out / SUMMARY, json.dumps(summary, indent=2))
     return summary
 
 
@@ -302,13 +309,9 @@ def rescore(run_dir: str | Path) -> tuple[dict, list[tuple[str, str | None, str 
         if prediction != r["prediction"]:
             changed.append((r["id"], r["prediction"], prediction))
         r["prediction"], r["correct"] = prediction, bool(correct)
-    tmp = out / (RECORDS + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(out / RECORDS)
+    write_records(out / RECORDS, records)
     keep = ("split", "source", "skipped_rows", "skipped_reasons", "wall_seconds", "peak_memory_mb")
     extra = {k: old[k] for k in keep if k in old}
     summary = summarise(records, cfg, {**extra, "chance": task.chance(loaded.examples)})
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / SUMMARY)
+    write_atomically(out / SUMMARY, json.dumps(summary, indent=2))
     return summary, changed

@@ -20,7 +20,7 @@ from diffmas.agents import load_system
 from diffmas.config import option
 from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DataError, DiffMASError
-from diffmas.evaluate import check_samples, read_records, rewrite_clean
+from diffmas.evaluate import check_samples, read_records, rewrite_clean, write_records
 from diffmas.methods import MethodConfig, TextMAS
 from diffmas.tasks import get_task
 from diffmas.train.data import load_examples
@@ -101,9 +101,7 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
     bar.close()
     attempts = read_records(attempts_path)
     kept = [r for r in attempts if r["correct"]]
-    tmp = out / (TRAJECTORIES + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(out / TRAJECTORIES)
+    write_records(out / TRAJECTORIES, kept)
     summary = {"task": cfg.task, "source": source, "system": system.name, "model": cfg.model,
                "problems": len(examples), "attempts": len(attempts), "kept": len(kept),
                "problems_solved": len({r["id"] for r in kept}),
