@@ -13,7 +13,9 @@ Rows, each in milliseconds per token at the same cache length:
 * ``engine decode``: :meth:`diffmas.engine.LM.decode`, the loop every method uses;
 
 then the first and last again with the linear layers on oneDNN-prepacked weights
-(:mod:`diffmas.models.packed`, what ``load_model`` does by default on CPU),
+(:mod:`diffmas.models.packed`, what ``load_model`` does by default on CPU), then the engine once
+more with attention of one-token queries as plain matrix products
+(:mod:`diffmas.models.attention`, also a ``load_model`` default on CPU),
 
 and the bandwidth bound (weight bytes per token / copy bandwidth) for scale. Run it alone.
 """
@@ -34,6 +36,7 @@ from bench import copy_bandwidth, weight_bytes_per_token  # noqa: E402
 
 from diffmas.engine import LM  # noqa: E402
 from diffmas.models import build_tiny_model, load_model  # noqa: E402
+from diffmas.models.attention import use_cpu_attention  # noqa: E402
 from diffmas.models.packed import pack_linear_layers  # noqa: E402
 
 
@@ -116,7 +119,7 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/decode_overhead.json")
     args = p.parse_args()
     lm = LM(*build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16), name="tiny") if args.model == "tiny" \
-        else LM(*load_model(args.model, dtype="bfloat16", packed=False), name=args.model)
+        else LM(*load_model(args.model, dtype="bfloat16", packed=False, cpu_attention=False), name=args.model)
     bound_ms = 1000 * weight_bytes_per_token(lm) / copy_bandwidth()
     with torch.inference_mode():
         engine_decode_ms(lm, 16, 4)  # warm-up
@@ -131,6 +134,9 @@ def main() -> int:
         engine_decode_ms(lm, 16, 4)  # warm-up: packs every weight
         rows["weights only, packed"] = weights_only_ms(lm, args.steps)
         rows["engine decode, packed"] = engine_decode_ms(lm, args.length, args.steps)
+        use_cpu_attention(lm.model)
+        engine_decode_ms(lm, 16, 4)
+        rows["engine decode, packed + matmul attention"] = engine_decode_ms(lm, args.length, args.steps)
     print(f"{lm.name}, {torch.get_num_threads()} threads, cache length {args.length}, batch 1\n")
     print("| what | ms/token | tokens/s | share of bound |\n|---|---|---|---|")
     for name, ms in rows.items():

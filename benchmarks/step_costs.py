@@ -2,6 +2,7 @@
 (milliseconds) at a given batch size and cache length, measured side by side in one process.
 
     python benchmarks/step_costs.py --batch-size 8 --lengths 150 700
+    python benchmarks/step_costs.py --attention both   # matmul attention against the fused kernel
 
 Explains where latent_mas and text_mas spend their time: prefill is compute-bound, decode and
 latent steps are bound by reading the weights (a latent step skips the output head).
@@ -19,6 +20,7 @@ import torch
 from diffmas.engine import LM
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.models import load_model
+from diffmas.models.attention import NAME
 
 
 def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
@@ -52,16 +54,23 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     p.add_argument("--lengths", type=int, nargs="+", default=[150, 700])
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--attention", choices=["matmul", "sdpa", "both"], default="matmul",
+                   help="attention of one-token queries: matmul (diffmas.models.attention, the CPU default), "
+                   "the fused SDPA kernel, or both side by side")
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
-    measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation and dispatch costs
-    rows = [measure(lm, b, n, args.steps) for b in args.batch_size for n in args.lengths]
-    print("| batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode |")
-    print("|---|---|---|---|---|---|")
+    rows = []
+    for attention in (["matmul", "sdpa"] if args.attention == "both" else [args.attention]):
+        lm.model.set_attn_implementation(NAME if attention == "matmul" else "sdpa")
+        measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation and dispatch costs
+        rows += [dict(measure(lm, b, n, args.steps), attention=attention)
+                 for b in args.batch_size for n in args.lengths]
+    print("| attention | batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | {r['latent_step_ms']:.0f} | "
-              f"{r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
+        print(f"| {r['attention']} | {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | "
+              f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return 0

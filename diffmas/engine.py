@@ -45,12 +45,16 @@ class ModelConfig:
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")
     packed: bool = option(True, "CPU inference: linear layers on oneDNN-prepacked weights (same results, about "
                           "1.5x faster matrix products, one extra copy of the weights in memory)")
+    cpu_attention: bool = option(True, "CPU: queries of at most 16 tokens (decoding, latent steps) attend "
+                                 "through plain matrix products instead of the fused SDPA kernel (same "
+                                 "results; 2-3x faster steps at batch 8-16 over long traces)")
 
     def load_lm(self, device: str | None = None) -> "LM":
         from diffmas.models import load_model
 
         model, tokenizer = load_model(self.model, dtype=self.dtype, device=device or self.device,
-                                      cache_dir=self.cache_dir, packed=self.packed)
+                                      cache_dir=self.cache_dir, packed=self.packed,
+                                      cpu_attention=self.cpu_attention)
         return LM(model, tokenizer, name=self.model)
 
 

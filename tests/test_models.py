@@ -265,7 +265,8 @@ def test_build_cache_then_load_from_cache(local_parts_entry, tmp_path, monkeypat
     for (k, a), b in zip(model.state_dict().items(), cached.state_dict().values()):
         assert torch.equal(a, b), k
     assert cached_tok.chat_template == tok.chat_template and cached_tok.padding_side == "left"
-    assert cached.config._attn_implementation == "sdpa" and not cached.training
+    # SDPA, with one-token queries routed through matrix products on CPU (diffmas.models.attention)
+    assert cached.config._attn_implementation == "diffmas_cpu" and not cached.training
     bf16, _ = load_model("local-parts", cache_dir=cache_dir)
     assert bf16.dtype == torch.bfloat16  # the default dtype
 
