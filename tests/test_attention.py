@@ -103,3 +103,26 @@ def test_sliding_window_layers_unchanged(tiny_qwen):
         with torch.inference_mode():
             texts.append([t.final_text for t in method.run(["What is 2 + 3?", "x"])])
     assert texts[0] == texts[1]
+
+
+def test_routing_short_queries_without_gradients_only(monkeypatch):
+    import diffmas.models.attention as attention
+
+    calls = []
+    real = attention._matmul_attention
+    monkeypatch.setattr(attention, "_matmul_attention", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=torch.float32)
+    assert use_cpu_attention(model)
+    lm = LM(model, tokenizer)
+    long_prompt = tokenizer("What is 2 + 3? " * 4)["input_ids"]
+    assert len(long_prompt) > attention.SHORT_QUERY
+    with torch.no_grad():
+        cache = lm.new_cache(1)
+        lm.prefill(cache, "A", [long_prompt])  # a long query: the fused kernel
+        assert calls == []
+        lm.prefill(cache, "A", [long_prompt[:1]])  # one token: the matmul path, every layer
+        assert calls == [1] * model.config.num_hidden_layers
+    calls.clear()
+    cache = lm.new_cache(1)
+    lm.prefill(cache, "A", [long_prompt[:1]])  # gradients on: the fused kernel (faster for training)
+    assert calls == []

@@ -70,6 +70,8 @@ def diffmas_cpu_attention(
         and kwargs.get("softcap") is None
         and kwargs.get("s_aux") is None
         and kwargs.get("sinks") is None
+        and kwargs.get("position_bias") is None
+        and kwargs.get("cache") is None  # a paged cache is updated inside SDPA's function
         and query.shape[1] % key.shape[1] == 0
         and query.shape[2] <= SHORT_QUERY
         and not torch.is_grad_enabled()
