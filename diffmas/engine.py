@@ -46,8 +46,8 @@ class ModelConfig:
     packed: bool = option(True, "CPU inference: linear layers on oneDNN-prepacked weights (same results, about "
                           "1.5x faster matrix products, one extra copy of the weights in memory)")
     cpu_attention: bool = option(True, "CPU: queries of at most 16 tokens (decoding, latent steps) attend "
-                                 "through plain matrix products instead of the fused SDPA kernel (same "
-                                 "results; 2-3x faster steps at batch 8-16 over long traces)")
+                                 "through plain matrix products instead of the fused SDPA kernel (float32: "
+                                 "identical results; 2-3x faster steps at batch 8-16 over long traces)")
 
     def load_lm(self, device: str | None = None) -> "LM":
         from diffmas.models import load_model
