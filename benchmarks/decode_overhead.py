@@ -15,7 +15,9 @@ Rows, each in milliseconds per token at the same cache length:
 then the first and last again with the linear layers on oneDNN-prepacked weights
 (:mod:`diffmas.models.packed`, what ``load_model`` does by default on CPU), then the engine once
 more with attention of one-token queries as plain matrix products
-(:mod:`diffmas.models.attention`, also a ``load_model`` default on CPU),
+(:mod:`diffmas.models.attention`, also a ``load_model`` default on CPU), then with the sibling
+projections (q/k/v, gate/up) as one product each (:func:`diffmas.models.packed.fuse_sibling_layers`,
+also a default),
 
 and the bandwidth bound (weight bytes per token / copy bandwidth) for scale. Run it alone.
 """
@@ -37,7 +39,7 @@ from bench import copy_bandwidth, weight_bytes_per_token  # noqa: E402
 from diffmas.engine import LM  # noqa: E402
 from diffmas.models import build_tiny_model, load_model  # noqa: E402
 from diffmas.models.attention import use_cpu_attention  # noqa: E402
-from diffmas.models.packed import pack_linear_layers  # noqa: E402
+from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -137,6 +139,10 @@ def main() -> int:
         use_cpu_attention(lm.model)
         engine_decode_ms(lm, 16, 4)
         rows["engine decode, packed + matmul attention"] = engine_decode_ms(lm, args.length, args.steps)
+        fuse_sibling_layers(lm.model)
+        engine_decode_ms(lm, 16, 4)  # warm-up: packs the fused weights
+        rows["engine decode, packed + matmul attention + fused q/k/v, gate/up"] = engine_decode_ms(
+            lm, args.length, args.steps)
     print(f"{lm.name}, {torch.get_num_threads()} threads, cache length {args.length}, batch 1\n")
     print("| what | ms/token | tokens/s | share of bound |\n|---|---|---|---|")
     for name, ms in rows.items():

@@ -3,6 +3,7 @@
 
     python benchmarks/step_costs.py --batch-size 8 --lengths 150 700
     python benchmarks/step_costs.py --attention both   # matmul attention against the fused kernel
+    python benchmarks/step_costs.py --fuse both        # q/k/v and gate/up as one product or three/two
 
 Explains where latent_mas and text_mas spend their time: prefill is compute-bound, decode and
 latent steps are bound by reading the weights (a latent step skips the output head).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from diffmas.engine import LM
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.models import load_model
 from diffmas.models.attention import NAME
+from diffmas.models.packed import fuse_sibling_layers
 
 
 def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
@@ -48,6 +51,15 @@ def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
             "latent_over_decode": latent / decode}
 
 
+def median_round(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (so one slow round does not decide a row)."""
+    out = dict(runs[0])
+    for key in ("prefill_tokens_per_s", "latent_step_ms", "decode_step_ms"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["latent_over_decode"] = statistics.median(r["latent_over_decode"] for r in runs)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -57,19 +69,32 @@ def main() -> int:
     p.add_argument("--attention", choices=["matmul", "sdpa", "both"], default="matmul",
                    help="attention of one-token queries: matmul (diffmas.models.attention, the CPU default), "
                    "the fused SDPA kernel, or both side by side")
+    p.add_argument("--fuse", choices=["on", "off", "both"], default="on",
+                   help="sibling projections (q/k/v, gate/up) as one product (diffmas.models.packed, the CPU "
+                   "default) or one product each, or both side by side")
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds over every setting, interleaved; each row reports the median round")
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
-    rows = []
-    for attention in (["matmul", "sdpa"] if args.attention == "both" else [args.attention]):
-        lm.model.set_attn_implementation(NAME if attention == "matmul" else "sdpa")
-        measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation and dispatch costs
-        rows += [dict(measure(lm, b, n, args.steps), attention=attention)
-                 for b in args.batch_size for n in args.lengths]
-    print("| attention | batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode |")
-    print("|---|---|---|---|---|---|---|")
+    variants = [(a, f) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
+                for f in (["on", "off"] if args.fuse == "both" else [args.fuse])]
+    rounds: dict[tuple, list[dict]] = {}
+    # Settings take turns within every round, so a slow spell of the machine hits them alike.
+    for _ in range(args.repeats):
+        for attention, fuse in variants:
+            lm.model.set_attn_implementation(NAME if attention == "matmul" else "sdpa")
+            fuse_sibling_layers(lm.model, on=fuse == "on")
+            measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation, dispatch and packing costs
+            for b in args.batch_size:
+                for n in args.lengths:
+                    rounds.setdefault((attention, fuse, b, n), []).append(measure(lm, b, n, args.steps))
+    rows = [dict(median_round(runs), attention=a, fused=f) for (a, f, _, _), runs in rounds.items()]
+    print("| attention | fused q/k/v, gate/up | batch | cache length | prefill tok/s | latent step ms | decode step ms "
+          "| latent/decode |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | "
+        print(f"| {r['attention']} | {r['fused']} | {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | "
               f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -56,18 +56,30 @@ def _setup(cfg):
 
 def _install_guards(work, allow_fork):
     """Refuse the common ways out; plain Python, so ctypes or reloaded C modules get around it."""
+    _guard_filesystem(work)
+    _guard_processes(allow_fork)
+    _guard_network()
+
+
+def _deny(what, target=None):
+    raise PermissionError(errno.EACCES, "sandbox: " + what + " is not allowed", target)
+
+
+def _patch(name, func):
+    import posix
+
+    for mod in (os, posix):  # posix too: importlib.reload(os) re-exports posix's functions
+        if hasattr(mod, name):
+            setattr(mod, name, func)
+
+
+def _guard_filesystem(work):
+    """Writes, removals, renames and links only inside ``work`` (the resolved work directory)."""
     import builtins
     import io
-    import posix
     import shutil
-    import socket
-    import subprocess
 
     real_path, readlink = os.path.realpath, os.readlink
-    own_pid, getpgid = os.getpid, os.getpgid
-
-    def deny(what, target=None):
-        raise PermissionError(errno.EACCES, "sandbox: " + what + " is not allowed", target)
 
     def resolve(path, dir_fd=None):
         if isinstance(path, int):
@@ -84,11 +96,6 @@ def _install_guards(work, allow_fork):
             return False
         return p == work or p.startswith(work + os.sep) or p == os.devnull
 
-    def patch(name, func):
-        for mod in (os, posix):  # posix too: importlib.reload(os) re-exports posix's functions
-            if hasattr(mod, name):
-                setattr(mod, name, func)
-
     def path_guard(name, *checked):
         """Check the given (argument position, dir_fd keyword) pairs before calling os.<name>."""
         original = getattr(os, name, None)
@@ -98,13 +105,13 @@ def _install_guards(work, allow_fork):
         def guarded(*args, **kwargs):
             for i, fd_key in checked:
                 if i < len(args) and not inside(args[i], kwargs.get(fd_key)):
-                    deny(name + " outside the work directory", str(args[i]))
+                    _deny(name + " outside the work directory", str(args[i]))
             for key in ("path", "src", "dst"):  # the same arguments given by keyword
                 if key in kwargs and not inside(kwargs[key], kwargs.get("dir_fd")):
-                    deny(name + " outside the work directory", str(kwargs[key]))
+                    _deny(name + " outside the work directory", str(kwargs[key]))
             return original(*args, **kwargs)
 
-        patch(name, guarded)
+        _patch(name, guarded)
 
     for name in ("remove", "unlink", "rmdir", "mkdir", "chmod", "chown", "lchown", "truncate", "utime",
                  "mkfifo", "mknod", "setxattr", "removexattr"):
@@ -119,32 +126,38 @@ def _install_guards(work, allow_fork):
 
     def os_open(path, flags, mode=0o777, *, dir_fd=None):
         if flags & write_flags and not inside(path, dir_fd):
-            deny("writing outside the work directory", str(path))
+            _deny("writing outside the work directory", str(path))
         return real_os_open(path, flags, mode, dir_fd=dir_fd)
 
     def open_(file, mode="r", *args, **kwargs):
         if not isinstance(file, int) and any(c in str(mode) for c in "wax+") and not inside(file):
-            deny("writing outside the work directory", str(file))
+            _deny("writing outside the work directory", str(file))
         return real_open(file, mode, *args, **kwargs)
 
-    patch("open", os_open)
+    _patch("open", os_open)
     builtins.open = io.open = open_
 
     real_rmtree, real_move = shutil.rmtree, shutil.move
 
     def rmtree(path, *args, **kwargs):
         if not inside(path):
-            deny("shutil.rmtree outside the work directory", str(path))
+            _deny("shutil.rmtree outside the work directory", str(path))
         return real_rmtree(path, *args, **kwargs)
 
     def move(src, dst, *args, **kwargs):
         if not (inside(src) and inside(dst)):
-            deny("shutil.move outside the work directory", str(src))
+            _deny("shutil.move outside the work directory", str(src))
         return real_move(src, dst, *args, **kwargs)
 
     shutil.rmtree, shutil.move = rmtree, move
 
-    # Signals: only this process and its own group (the sandbox) may be signalled.
+
+def _guard_processes(allow_fork):
+    """Signals only to the sandbox's own process group, which nothing may leave; no new processes
+    at all where ``allow_fork`` is false."""
+    import subprocess
+
+    own_pid, getpgid = os.getpid, os.getpgid
     real_kill, real_killpg = os.kill, os.killpg
     group = getpgid(0)
 
@@ -157,21 +170,21 @@ def _install_guards(work, allow_fork):
                     return real_kill(pid, sig)
             except OSError:
                 pass
-        deny("signalling a process outside the sandbox", str(pid))
+        _deny("signalling a process outside the sandbox", str(pid))
 
     def killpg(pgid, sig):
         if pgid not in (0, group):
-            deny("signalling a process group outside the sandbox", str(pgid))
+            _deny("signalling a process group outside the sandbox", str(pgid))
         return real_killpg(pgid, sig)
 
-    patch("kill", kill)
-    patch("killpg", killpg)
+    _patch("kill", kill)
+    _patch("killpg", killpg)
 
     def no_new_session(*args, **kwargs):  # leaving the group would dodge the group kill
-        deny("leaving the sandbox's process group")
+        _deny("leaving the sandbox's process group")
 
     for name in ("setsid", "setpgid", "setpgrp"):
-        patch(name, no_new_session)
+        _patch(name, no_new_session)
     real_popen_init = subprocess.Popen.__init__
 
     def popen_init(self, *args, **kwargs):
@@ -183,30 +196,33 @@ def _install_guards(work, allow_fork):
     if not allow_fork:  # root without a uid of its own: the kernel would not count processes
 
         def no_fork(*args, **kwargs):
-            deny("starting processes (no process limit is enforced for root)")
+            _deny("starting processes (no process limit is enforced for root)")
 
         for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
-            patch(name, no_fork)
+            _patch(name, no_fork)
         subprocess.Popen.__init__ = no_fork
 
-    # Network: only AF_UNIX sockets (local pipes, as asyncio uses) can be made.
+
+def _guard_network():
+    """Only AF_UNIX sockets (local pipes, as asyncio uses) can be made."""
+    import _socket
+    import socket
+
     real_socket = socket.socket
 
     class GuardedSocket(real_socket):
         def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
             if family != socket.AF_UNIX:
-                deny("network access")
+                _deny("network access")
             real_socket.__init__(self, family, type, proto, fileno)
 
     def no_network(*args, **kwargs):
-        deny("network access")
+        _deny("network access")
 
     socket.socket = socket.SocketType = GuardedSocket
     for name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
                  "gethostbyaddr", "fromfd"):
         setattr(socket, name, no_network)
-    import _socket
-
     _socket.socket = GuardedSocket
 
 

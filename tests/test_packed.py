@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffmas.agents import load_system
 from diffmas.engine import LM
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent
 from diffmas.models import build_tiny_model
-from diffmas.models.packed import PackedLinear, pack_linear_layers, packing_available
+from diffmas.models.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN packed linear")
 
@@ -59,3 +60,77 @@ def test_greedy_answers_unchanged_by_packing(cls):
         with torch.inference_mode():
             texts.append([t.final_text for t in method.run(["What is 2 + 3?", "x"])])
     assert texts[0] == texts[1]
+
+
+def _logits_and_steps(model, ids):
+    """Logits of a prefill and of three greedy decode steps (through the KV cache)."""
+    out = model(input_ids=ids, use_cache=True)
+    logits, cache = [out.logits], out.past_key_values
+    for _ in range(3):
+        nxt = logits[-1][:, -1:].argmax(-1)
+        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        logits.append(out.logits)
+    return logits
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_siblings_give_bit_identical_outputs(arch, dtype):
+    model, _ = build_tiny_model(arch, seed=0, dtype=dtype)
+    pack_linear_layers(model)
+    layers = model.config.num_hidden_layers
+    assert fuse_sibling_layers(model) == 2 * layers  # q/k/v and gate/up of every layer
+    groups = {id(m._siblings) for m in model.modules() if isinstance(m, PackedLinear) and m._siblings}
+    assert len(groups) == 2 * layers
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    with torch.inference_mode():
+        fused = _logits_and_steps(model, ids)
+        assert fuse_sibling_layers(model, on=False) == 2 * layers
+        plain = _logits_and_steps(model, ids)
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)
+
+
+def _group(in_features=32, sizes=(48, 16, 16), bias=True):
+    parent = nn.Module()
+    for name, size in zip(("q_proj", "k_proj", "v_proj"), sizes):
+        setattr(parent, name, nn.Linear(in_features, size, bias=bias))
+    pack_linear_layers(parent)
+    assert fuse_sibling_layers(parent) == 1
+    return parent
+
+
+def test_fused_siblings_never_hand_out_a_stale_or_foreign_slice():
+    parent = _group()
+    q, k, v = parent.q_proj, parent.k_proj, parent.v_proj
+    x1, x2 = torch.randn(2, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        got = [k(x1), q(x2), v(x2), q(x2), v(x1)]  # any order, mixed inputs, a member twice
+        want = [F.linear(x, m.weight, m.bias) for m, x in zip((k, q, v, q, v), (x1, x2, x2, x2, x1))]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        v.weight.mul_(2)  # an in-place edit (a merged LoRA): the fused weight follows
+        q(x1)
+        torch.testing.assert_close(v(x1), F.linear(x1, v.weight, v.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_siblings_stay_off_the_training_path_and_free_their_input():
+    parent = _group(bias=False)
+    q, k, v = parent.q_proj, parent.k_proj, parent.v_proj
+    x = torch.randn(4, 32, requires_grad=True)
+    sum(m(x).sum() for m in (q, k, v)).backward()  # gradients on: plain F.linear, no fused product
+    assert q._siblings._packed is None and q.weight.grad is not None and x.grad is not None
+    with torch.inference_mode():
+        y = torch.randn(4, 32)
+        for m in (q, k, v):
+            m(y)
+    assert q._siblings._packed is not None  # the fused product ran ...
+    assert q._siblings._input is None and not q._siblings._waiting  # ... and nothing is kept alive
+
+
+def test_unlike_modules_are_not_fused():
+    parent = _group(sizes=(48, 16, 16))
+    parent.v_proj = nn.Linear(24, 16)  # another input size: not siblings
+    pack_linear_layers(parent)
+    assert fuse_sibling_layers(parent) == 0
+    assert parent.q_proj._siblings is None and parent.k_proj._siblings is None  # the old group is gone

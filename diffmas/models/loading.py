@@ -23,7 +23,7 @@ import torch
 from diffmas.errors import DiffMASError, ModelNotInstalledError, UnknownNameError
 from diffmas.models import cache
 from diffmas.models.attention import use_cpu_attention
-from diffmas.models.packed import pack_linear_layers
+from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers
 from diffmas.models.registry import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, get_offline_model
 
 ATTN_IMPLEMENTATION = "sdpa"
@@ -262,13 +262,15 @@ def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
     default: about 3x faster than float32 on CPUs with bf16 support), "float32", "float16",
     "auto" or a torch dtype. ``packed``: on CPU, run inference of the linear layers on
-    oneDNN-prepacked weights (:mod:`diffmas.models.packed`: same results, faster decoding).
+    oneDNN-prepacked weights, the projections that read the same input (q/k/v, gate/up) as one
+    product (:mod:`diffmas.models.packed`: same results, faster decoding).
     ``cpu_attention``: on CPU, queries of a few tokens attend through matrix products
     (:mod:`diffmas.models.attention`: same results, faster than the fused kernel there).
     """
     model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
     if packed and str(device).startswith("cpu"):
         pack_linear_layers(model)
+        fuse_sibling_layers(model)
     if cpu_attention and str(device).startswith("cpu"):
         use_cpu_attention(model)
     return model, tokenizer
