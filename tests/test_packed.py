@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,7 +127,30 @@ def test_fused_siblings_stay_off_the_training_path_and_free_their_input():
         for m in (q, k, v):
             m(y)
     assert q._siblings._packed is not None  # the fused product ran ...
-    assert q._siblings._input is None and not q._siblings._waiting  # ... and nothing is kept alive
+    assert q._siblings._pending.input is None and not q._siblings._pending.waiting  # ... nothing is kept alive
+
+
+def test_fused_siblings_keep_threads_apart():
+    parent = _group()
+    q, k = parent.q_proj, parent.k_proj
+    group = q._siblings
+    x_main, x_other = torch.randn(2, 32), torch.randn(2, 32)
+    result = {}
+
+    def other_thread():
+        with torch.no_grad():  # grad mode is per thread
+            result["saw"] = getattr(group._pending, "waiting", None)
+            result["k"] = k(x_other)
+
+    with torch.no_grad():
+        q(x_main)  # k's and v's slices of x_main's product now wait, in this thread only
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert result["saw"] is None  # the other thread never sees them ...
+        assert id(k) in group._pending.waiting  # ... nor replaces them with its own
+        torch.testing.assert_close(result["k"], F.linear(x_other, k.weight, k.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k(x_main), F.linear(x_main, k.weight, k.bias), rtol=1e-5, atol=1e-5)
 
 
 def test_unlike_modules_are_not_fused():

@@ -22,6 +22,8 @@ dimension in the same order whatever the number of output rows; tests/test_packe
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,7 +96,8 @@ class FusedSiblings:
     slice (a view of the (..., sum of out_features) product); the other members, called next with
     the very same tensor x, are handed theirs without computing. A member called with any other
     input computes all outputs afresh, so results never depend on call order or on which members
-    are called: at worst a product is done for nothing.
+    are called: at worst a product is done for nothing. The slices waiting to be handed out are
+    kept per thread, so threads sharing a model never receive each other's.
     """
 
     def __init__(self, members: list[PackedLinear]):
@@ -104,8 +107,7 @@ class FusedSiblings:
         self._bias: torch.Tensor | None = None
         self._key: tuple | None = None
         self._failed = False
-        self._input: torch.Tensor | None = None
-        self._waiting: dict[int, torch.Tensor] = {}  # id(member) -> its slice, not yet handed out
+        self._pending = threading.local()  # .input: the tensor x; .waiting: id(member) -> slice of x's product
 
     def _packed_weight(self) -> torch.Tensor | None:
         params = [p for m in self.members for p in (m.weight, m.bias) if p is not None]
@@ -124,10 +126,12 @@ class FusedSiblings:
 
     def output(self, member: PackedLinear, x: torch.Tensor) -> torch.Tensor | None:
         """``member``'s output for ``x``, or None where the fused product is unavailable."""
-        if x is self._input and id(member) in self._waiting:
-            out = self._waiting.pop(id(member))
-            if not self._waiting:
-                self._input = None  # every slice handed out: keep nothing alive
+        pending = self._pending
+        waiting = getattr(pending, "waiting", None)
+        if waiting and pending.input is x and id(member) in waiting:
+            out = waiting.pop(id(member))
+            if not waiting:
+                pending.input = None  # every slice handed out: keep nothing alive
             return out
         packed = None if self._failed else self._packed_weight()
         if packed is None:
@@ -135,7 +139,7 @@ class FusedSiblings:
         y = torch.ops.mkldnn._linear_pointwise(x, packed, self._bias, "none", [], "")
         parts = dict(zip(map(id, self.members), y.split(self.sizes, dim=-1)))
         out = parts.pop(id(member))
-        self._input, self._waiting = x, parts
+        pending.input, pending.waiting = x, parts
         return out
 
 
