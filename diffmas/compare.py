@@ -3,6 +3,11 @@
 A run is a directory written by ``diffmas eval`` (its summary.json), a summary.json holding a list
 of summaries (``diffmas demo`` writes one), or a directory whose subdirectories are runs. The HTML
 report is self-contained: the plots are embedded, so the file can be mailed or archived alone.
+
+Runs of one task with per-example records (``records.jsonl`` beside the summary) are also compared
+in pairs on the problems both answered: how many each got right that the other did not, and the
+exact McNemar p-value of that difference. Two methods on the same problems are far better told
+apart this way than by their overlapping intervals.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import itertools
 import json
+import math
 from pathlib import Path
 
 from diffmas.errors import DiffMASError
+from diffmas.evaluate import RECORDS, read_records
 from diffmas.report import plot_accuracy
 
 SUMMARY = "summary.json"
@@ -34,7 +42,8 @@ def _summaries_in(path: Path) -> list[dict]:
         if not all(isinstance(s, dict) and "accuracy" in s and "method" in s for s in items):
             raise DiffMASError(f"{file} is not a summary written by `diffmas eval` or `diffmas demo`")
         label = path.name if path.is_dir() else path.parent.name
-        return [{**s, "_run": label if len(items) == 1 else s["method"]} for s in items]
+        records = file.parent / RECORDS if len(items) == 1 and (file.parent / RECORDS).is_file() else None
+        return [{**s, "_run": label if len(items) == 1 else s["method"], "_records": records} for s in items]
     if path.is_dir():
         found = [s for sub in sorted(p for p in path.iterdir() if p.is_dir()) for s in _summaries_in(sub)
                  if (sub / SUMMARY).is_file() or any(sub.glob(f"*/{SUMMARY}"))]
@@ -82,6 +91,47 @@ def rows_of(summaries: list[dict]) -> list[dict]:
     return rows
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: how likely a split of the discordant problems at least this
+    uneven is if both methods are equally good (a binomial test with p = 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def _correct_by_id(records_path: Path) -> dict[str, bool]:
+    """Correctness per problem id of a run's first sample (what its accuracy counts)."""
+    return {r["id"]: bool(r["correct"]) for r in read_records(records_path)
+            if r.get("sample", 0) == 0 and "id" in r and "correct" in r}
+
+
+def paired_rows(summaries: list[dict]) -> list[dict]:
+    """Every pair of runs of one task that both have records, compared on their shared problems."""
+    correct = {id(s): _correct_by_id(s["_records"]) for s in summaries if s.get("_records")}
+    rows = []
+    for a, b in itertools.combinations([s for s in summaries if id(s) in correct], 2):
+        ca, cb = correct[id(a)], correct[id(b)]
+        shared = ca.keys() & cb.keys()
+        if a.get("task") != b.get("task") or not shared:
+            continue
+        only_a = sum(ca[i] and not cb[i] for i in shared)
+        only_b = sum(cb[i] and not ca[i] for i in shared)
+        rows.append({"a": a["_run"], "b": b["_run"], "shared": len(shared),
+                     "both": sum(ca[i] and cb[i] for i in shared), "only_a": only_a, "only_b": only_b,
+                     "difference": (only_a - only_b) / len(shared), "p_value": mcnemar_p(only_a, only_b)})
+    return rows
+
+
+PAIRED_HEADER = ["A", "B", "shared problems", "both right", "only A right", "only B right", "A - B",
+                 "p (exact McNemar)"]
+
+
+def _paired_cells(row: dict) -> list[str]:
+    return [row["a"], row["b"], str(row["shared"]), str(row["both"]), str(row["only_a"]), str(row["only_b"]),
+            f"{100 * row['difference']:+.1f} pts", f"{row['p_value']:.3g}"]
+
+
 def _cells(row: dict) -> list[str]:
     def num(v, fmt):
         return "-" if v is None or v == "" else format(v, fmt)
@@ -97,14 +147,14 @@ HEADER = ["run", "method", "task", "n", "accuracy", "95% CI", "stability (acc. m
           "gen tokens", "latent steps", "s/problem", "total s", "no answer"]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    body = [_cells(r) for r in rows]
-    widths = [max(len(r[i]) for r in [HEADER, *body]) for i in range(len(HEADER))]
+def markdown_table(rows: list[dict], header: list[str] = HEADER, cells=_cells) -> str:
+    body = [cells(r) for r in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    def line(items: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(items, widths)) + " |"
 
-    return "\n".join([line(HEADER), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -114,9 +164,18 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_html(rows: list[dict], plot: Path, path: Path, title: str) -> None:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
+def _html_table(table_id: str, header: list[str], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def write_html(rows: list[dict], plot: Path, path: Path, title: str, paired: list[dict] | None = None) -> None:
+    table = _html_table("comparison", HEADER, [_cells(r) for r in rows])
+    pairs = "" if not paired else (
+        "<h2>Pairs of runs on the problems both answered</h2>\n"
+        "<p>Problems only one of the two got right, and how likely so uneven a split is if both were equally "
+        "good (exact McNemar test).</p>\n" + _html_table("paired", PAIRED_HEADER, [_paired_cells(r) for r in paired]))
     image = base64.b64encode(plot.read_bytes()).decode("ascii")
     path.write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -130,7 +189,8 @@ img {{ max-width: 100%; }}
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Accuracy with its 95% Wilson interval; tokens and seconds are means per problem.</p>
-<table id="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{table}
+{pairs}
 <h2>Accuracy against generated tokens and time</h2>
 <img id="accuracy-plot" alt="accuracy against generated tokens and against seconds per problem"
  src="data:image/png;base64,{image}">
@@ -139,7 +199,8 @@ img {{ max-width: 100%; }}
 
 
 def compare(paths: list[str | Path], out: str | Path, title: str = "DiffMAS comparison") -> dict:
-    """Write comparison.md, comparison.csv, accuracy.png and report.html to ``out``."""
+    """Write comparison.md (with the paired table where runs have records), comparison.csv,
+    paired.csv, accuracy.png and report.html to ``out``."""
     summaries = load_runs(paths)
     out = Path(out)
     try:
@@ -147,11 +208,21 @@ def compare(paths: list[str | Path], out: str | Path, title: str = "DiffMAS comp
     except OSError as exc:
         raise DiffMASError(f"cannot create output directory {out}: {exc.strerror}") from None
     rows = rows_of(summaries)
+    paired = paired_rows(summaries)
     table = markdown_table(rows)
+    if paired:
+        table += "\n\nPairs on the problems both answered (exact McNemar test):\n\n" + markdown_table(
+            paired, PAIRED_HEADER, _paired_cells)
     (out / "comparison.md").write_text(table + "\n")
     write_csv(rows, out / "comparison.csv")
+    names = ["comparison.md", "comparison.csv", "accuracy.png", "report.html"]
+    if paired:
+        with open(out / "paired.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(paired[0]))
+            writer.writeheader()
+            writer.writerows(paired)
+        names.insert(2, "paired.csv")
     plot = out / "accuracy.png"
     plot_accuracy([{**s, "method": s["_run"]} for s in summaries], plot, title=title)
-    write_html(rows, plot, out / "report.html", title)
-    return {"table": table, "rows": rows, "files": [str(out / n) for n in
-                                                    ("comparison.md", "comparison.csv", "accuracy.png", "report.html")]}
+    write_html(rows, plot, out / "report.html", title, paired)
+    return {"table": table, "rows": rows, "paired": paired, "files": [str(out / n) for n in names]}

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from diffmas.cli import main
+from diffmas.compare import mcnemar_p
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,6 +58,46 @@ def test_compare_errors_are_clear(runs, tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def _fake_run(path, method, task, correct: dict[str, bool], extra_records=(), records=True):
+    path.mkdir(parents=True)
+    acc = sum(correct.values()) / len(correct)
+    (path / "summary.json").write_text(json.dumps({
+        "method": method, "task": task, "n": len(correct), "accuracy": acc, "ci95": [0.0, 1.0],
+        "mean_generated_tokens": 10.0, "mean_latent_steps": 0.0, "mean_seconds": 1.0}))
+    if records:
+        lines = [{"id": i, "correct": c} for i, c in correct.items()] + list(extra_records)
+        (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "torn')
+
+
+def test_mcnemar_p_values():
+    assert mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # binomial(12, 1/2) tails
+    assert mcnemar_p(2, 10) == mcnemar_p(10, 2)
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_p(3, 3) == 1.0 and mcnemar_p(0, 0) == 1.0
+
+
+def test_compare_pairs_runs_on_their_shared_problems(tmp_path, capsys):
+    a = {f"p{i}": i < 8 for i in range(20)}  # right on p0-p7
+    b = {f"p{i}": 5 <= i < 9 for i in range(2, 22)}  # right on p5-p8; p0, p1 unseen, p20, p21 extra
+    _fake_run(tmp_path / "a", "diffmas", "gsm8k", a, extra_records=[{"id": "p9", "correct": True, "sample": 1}])
+    _fake_run(tmp_path / "b", "single_sft", "gsm8k", b)
+    _fake_run(tmp_path / "other-task", "single", "arc_easy", {"p0": True})
+    _fake_run(tmp_path / "no-records", "single", "gsm8k", {"p0": True}, records=False)
+    runs = [str(tmp_path / n) for n in ("a", "b", "other-task", "no-records")]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "exact McNemar" in text
+    pairs = list(csv.DictReader(open(tmp_path / "cmp" / "paired.csv")))
+    assert len(pairs) == 1  # other tasks and runs without records are not paired
+    (pair,) = pairs
+    # Shared: p2-p19 (18 problems). a right on p2-p7, b right on p5-p8: both p5-p7, only a p2-p4, only b p8.
+    assert (pair["a"], pair["b"], pair["shared"], pair["both"], pair["only_a"], pair["only_b"]) == \
+        ("a", "b", "18", "3", "3", "1")
+    assert float(pair["p_value"]) == pytest.approx(mcnemar_p(3, 1)) and float(pair["difference"]) == \
+        pytest.approx(2 / 18)
+    assert "+11.1 pts" in text and 'id="paired"' in (tmp_path / "cmp" / "report.html").read_text()
+
+
 def chromium_driver():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -88,6 +129,9 @@ def test_html_report_renders_in_headless_chromium(runs, tmp_path):
             "const img = document.getElementById('accuracy-plot');"
             "return [img.complete ? img.naturalWidth : 0, img.getBoundingClientRect().height];")
         assert width > 500 and height > 100  # the embedded plot decoded and is laid out
+        pairs = browser.find_elements(By.CSS_SELECTOR, "#paired tbody tr")  # both runs answered the same 3
+        assert [[td.text for td in r.find_elements(By.TAG_NAME, "td")][:3] for r in pairs] == \
+            [["single", "latent_mas", "3"]]
     finally:
         browser.quit()
 
