@@ -47,6 +47,8 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--agent-max-new-tokens", type=int, default=256)
     p.add_argument("--latent-steps", type=int, default=10)
+    p.add_argument("--stop-loops", type=int, default=0, help="stop a text once its last N tokens are a loop "
+                   "(diffmas eval --stop-loops); 0: off")
     p.add_argument("--out", default="benchmarks/results/gsm8k-last100")
     p.add_argument("--resume", action="store_true", help="keep finished records of an earlier run")
     p.add_argument("--adapter", nargs="+", default=[], metavar="METHOD=DIR",
@@ -63,7 +65,7 @@ def main() -> int:
     base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
                       topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps,
-                      refill=args.refill)
+                      refill=args.refill, stop_loops=args.stop_loops)
     if not args.resume:
         for method in args.methods:
             shutil.rmtree(Path(args.out) / method, ignore_errors=True)

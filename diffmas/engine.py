@@ -27,12 +27,30 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     min_new_tokens: int = 0  # stop tokens are forbidden before this many tokens
+    stop_loops: int = 0  # > 0: a row stops once its last stop_loops tokens are one block repeated (see looping)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise DiffMASError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise DiffMASError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.stop_loops and self.stop_loops < MIN_LOOP_WINDOW:
+            raise DiffMASError(f"stop_loops must be 0 (off) or at least {MIN_LOOP_WINDOW} tokens, got {self.stop_loops}")
+
+
+# Shorter windows would stop on ordinary text (a number like 100000 is a 1-token block repeated).
+MIN_LOOP_WINDOW = 16
+
+
+def looping(ids: list[int], window: int) -> bool:
+    """Whether the last ``window`` ids are one block of at most ``window // 4`` ids repeated, i.e.
+    the same block at least four times in a row: a greedy decoder caught in a loop, which would
+    otherwise run to its token budget ("IN IN IN ...")."""
+    if len(ids) < window:
+        return False
+    tail = ids[-window:]
+    # Period p: every id equals the one p places before it, all through the window.
+    return any(tail[p:] == tail[:-p] for p in range(1, window // 4 + 1))
 
 
 @dataclass
@@ -252,7 +270,8 @@ class DecodePool:
         keep, done = [], []
         for k, token in enumerate(nxt.tolist()):
             self.out[k].append(token)
-            finished = token in self.stop or len(self.out[k]) >= self.budget[k]
+            finished = (token in self.stop or len(self.out[k]) >= self.budget[k]
+                        or (sampling.stop_loops > 0 and looping(self.out[k], sampling.stop_loops)))
             (done if finished else keep).append(k)
         finished = [(self.keys[k], self.out[k]) for k in done]
         if done:

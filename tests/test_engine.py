@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffmas.agents import AgentSpec, SystemSpec, load_system
-from diffmas.engine import LM, Sampling
+from diffmas.engine import LM, Sampling, looping
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
@@ -269,6 +269,37 @@ def test_min_new_tokens_forbids_an_empty_answer(lm):
     assert first not in runs[3][:3]
     with pytest.raises(DiffMASError, match="min_new_tokens"):
         MethodConfig(max_new_tokens=4, min_new_tokens=5)
+
+
+def test_looping_finds_a_repeated_block_only():
+    assert looping([7, 1, 2, 3] * 5, 16)  # period 3 ... ending on a whole window of the block
+    assert looping([5] + [9] * 16, 16)
+    assert not looping([9] * 15, 16)  # too short to judge
+    assert not looping(list(range(40)), 16)
+    assert not looping([1, 2, 3, 4, 5] * 4, 16)  # period 5 fits only 3 times in 16 tokens
+    assert looping([1, 2, 3, 4, 5] * 4, 20)
+
+
+@torch.no_grad()
+def test_stop_loops_cuts_looping_rows_and_leaves_the_rest(lm):
+    """Greedy rows of a tiny random model fall into loops: with stop_loops they end as soon as the
+    window is periodic, as a prefix of the unchecked output; the other rows are unchanged."""
+    prompts = [lm.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
+    outs = {}
+    for window in (0, 16):
+        cache = lm.new_cache(len(prompts))
+        outs[window] = lm.decode(cache, "A", lm.prefill(cache, "A", prompts), 80, Sampling(stop_loops=window))
+    cut = 0
+    for full, short in zip(outs[0], outs[16]):
+        assert full[:len(short)] == short
+        if len(short) < len(full):
+            cut += 1
+            assert looping(short, 16) and not looping(short[:-1], 16)  # stopped at the first periodic window
+        else:
+            assert not any(looping(full[:n], 16) for n in range(len(full)))
+    assert cut >= 1, "the tiny model did not loop: choose another prompt"
+    with pytest.raises(DiffMASError, match="stop_loops"):
+        MethodConfig(stop_loops=4)
 
 
 def test_context_overflow_names_the_example(lm):

@@ -26,6 +26,8 @@ class MethodConfig:
     # An untrained latent_mas judger ended its turn at once on 6 of 50 MedQA problems: an empty
     # answer is never useful, so the first token may not be a stop token.
     min_new_tokens: int = option(1, "each agent writes at least this many tokens before it may stop")
+    stop_loops: int = option(0, "stop an agent's text once its last N tokens are one short block repeated at "
+                             "least 4 times (a decoding loop); 0: off, else at least 16")
     readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
 
     def __post_init__(self) -> None:
@@ -37,9 +39,10 @@ class MethodConfig:
         if not 0 <= self.min_new_tokens <= min(self.max_new_tokens, self.agent_max_new_tokens):
             raise DiffMASError(f"min_new_tokens must be in [0, {min(self.max_new_tokens, self.agent_max_new_tokens)}] "
                                f"(the token budgets), got {self.min_new_tokens}")
+        self.sampling()  # the decoding settings' own checks (stop_loops, top_p), before anything runs
 
     def sampling(self, offset: int = 0) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.seed + offset, self.min_new_tokens)
+        return Sampling(self.temperature, self.top_p, self.seed + offset, self.min_new_tokens, self.stop_loops)
 
 
 @dataclass
