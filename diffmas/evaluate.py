@@ -22,7 +22,7 @@ from diffmas.config import option
 from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DiffMASError
 from diffmas.methods import Method, MethodConfig, get_method_class
-from diffmas.tasks import Example, Task, get_task
+from diffmas.tasks import Example, LoadResult, Task, get_task
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
@@ -278,14 +278,9 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     return summary
 
 
-def rescore(run_dir: str | Path) -> tuple[dict, list[tuple[str, str | None, str | None]]]:
-    """Score the saved outputs of an evaluation run again with the task's current extraction.
-
-    A better answer extractor should not need the model run again: each record keeps its final
-    output text. Records and summary are rewritten in place (each atomically); returns the new
-    summary and the predictions that changed, as (id, before, after).
-    """
-    out = Path(run_dir)
+def saved_run(out: Path) -> tuple[dict, EvalConfig, Task, LoadResult, list[dict]]:
+    """A finished evaluation run read back: its summary, config, task, data and records, each record
+    checked to be an example of that data with its output text saved."""
     if not (out / RECORDS).exists() or not (out / SUMMARY).exists():
         raise DiffMASError(f"{out} is not a finished evaluation run (needs {RECORDS} and {SUMMARY}); "
                            "run `diffmas eval` first")
@@ -296,15 +291,30 @@ def rescore(run_dir: str | Path) -> tuple[dict, list[tuple[str, str | None, str 
         cfg.data_path = old["source"]  # the same local file the run read, wherever DIFFMAS_DATA_DIR points now
     task = get_task(cfg.task)
     loaded = task.load(split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset)
-    examples = {ex.id: ex for ex in loaded.examples}
-    records, changed = read_records(out / RECORDS), []
+    ids = {ex.id for ex in loaded.examples}
+    records = read_records(out / RECORDS)
     for r in records:
-        if r["id"] not in examples:
+        if r["id"] not in ids:
             raise DiffMASError(f"record {r['id']!r} is not in {cfg.task} ({loaded.source}): the data changed "
                                "since this run; evaluate again instead")
         if "output" not in r:
             raise DiffMASError(f"record {r['id']!r} has no saved output (written by an older version); "
                                "evaluate again instead")
+    return old, cfg, task, loaded, records
+
+
+def rescore(run_dir: str | Path) -> tuple[dict, list[tuple[str, str | None, str | None]]]:
+    """Score the saved outputs of an evaluation run again with the task's current extraction.
+
+    A better answer extractor should not need the model run again: each record keeps its final
+    output text. Records and summary are rewritten in place (each atomically); returns the new
+    summary and the predictions that changed, as (id, before, after).
+    """
+    out = Path(run_dir)
+    old, cfg, task, loaded, records = saved_run(out)
+    examples = {ex.id: ex for ex in loaded.examples}
+    changed = []
+    for r in records:
         prediction, correct = task.score(r["output"], examples[r["id"]])
         if prediction != r["prediction"]:
             changed.append((r["id"], r["prediction"], prediction))
