@@ -93,6 +93,27 @@ def test_fused_siblings_give_bit_identical_outputs(arch, dtype):
         assert torch.equal(a, b)
 
 
+def test_fused_siblings_under_lora_adapters():
+    """LoRA (PEFT) wraps some projections: their base layers stay grouped, results stay exact."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = build_tiny_model("qwen2", seed=0, dtype=torch.float32)
+    pack_linear_layers(model)
+    fuse_sibling_layers(model)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    model = get_peft_model(model, config)  # random, non-zero adapters
+    ids = torch.randint(0, model.config.vocab_size, (2, 6))
+    with torch.inference_mode():
+        fused = _logits_and_steps(model, ids)
+        groups = {m._siblings for m in model.modules() if isinstance(m, PackedLinear) and m._siblings}
+        assert groups and all(g._packed is not None for g in groups)  # every fused product ran
+        layers = model.config.num_hidden_layers
+        assert fuse_sibling_layers(model, on=False) == 2 * layers  # found through the PEFT wrappers
+        plain = _logits_and_steps(model, ids)
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)
+
+
 def _group(in_features=32, sizes=(48, 16, 16), bias=True):
     parent = nn.Module()
     for name, size in zip(("q_proj", "k_proj", "v_proj"), sizes):

@@ -156,7 +156,8 @@ def fuse_sibling_layers(model: nn.Module, on: bool = True) -> int:
     count = 0
     for module in model.modules():
         for names in SIBLING_NAMES:
-            members = [getattr(module, n, None) for n in names]
+            # A PEFT-wrapped projection keeps the original linear as its base_layer: group that one.
+            members = [getattr(getattr(module, n, None), "base_layer", getattr(module, n, None)) for n in names]
             if not all(isinstance(m, PackedLinear) for m in members):
                 continue
             first = members[0]
