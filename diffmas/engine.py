@@ -35,7 +35,8 @@ class Sampling:
         if not 0 < self.top_p <= 1:
             raise DiffMASError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.stop_loops and self.stop_loops < MIN_LOOP_WINDOW:
-            raise DiffMASError(f"stop_loops must be 0 (off) or at least {MIN_LOOP_WINDOW} tokens, got {self.stop_loops}")
+            raise DiffMASError(f"stop_loops must be 0 (off) or at least {MIN_LOOP_WINDOW} tokens, "
+                               f"got {self.stop_loops}")
 
 
 # Shorter windows would stop on ordinary text (a number like 100000 is a 1-token block repeated).

@@ -225,7 +225,8 @@ def test_hierarchical_agents_do_not_see_each_other(lm):
                        system=sys2)
     trace = method.run([QUESTIONS[1]])[0]
     alone = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.",
-                      system=SystemSpec("h1", "hierarchical", [AgentSpec("S", "science"), AgentSpec("F", "summariser")]))
+                      system=SystemSpec("h1", "hierarchical",
+                                        [AgentSpec("S", "science"), AgentSpec("F", "summariser")]))
     trace_alone = alone.run([QUESTIONS[1]])[0]
     assert trace.agents[1].readout == trace_alone.agents[0].readout
 
