@@ -54,9 +54,8 @@ def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
 def median_round(runs: list[dict]) -> dict:
     """Each figure's median over the rounds (so one slow round does not decide a row)."""
     out = dict(runs[0])
-    for key in ("prefill_tokens_per_s", "latent_step_ms", "decode_step_ms"):
+    for key in ("prefill_tokens_per_s", "latent_step_ms", "decode_step_ms", "latent_over_decode"):
         out[key] = statistics.median(r[key] for r in runs)
-    out["latent_over_decode"] = statistics.median(r["latent_over_decode"] for r in runs)
     return out
 
 
