@@ -62,9 +62,10 @@ class ModelConfig:
     dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
     device: str = option("cpu", "torch device")
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")
-    packed: bool = option(True, "CPU inference: linear layers on oneDNN-prepacked weights, q/k/v and gate/up "
-                          "as one product each (same results, about 1.5x faster matrix products, one extra "
-                          "copy of the weights in memory)")
+    packed: bool = option(True, "CPU: linear layers on oneDNN-prepacked weights, q/k/v and gate/up as one "
+                          "product each (same results, about 1.5x faster matrix products at decoding sizes, one "
+                          "extra copy of the weights in memory); in training, the frozen base's products too "
+                          "(a second copy, transposed, for the backward pass)")
     cpu_attention: bool = option(True, "CPU: queries of at most 16 tokens (decoding, latent steps) attend "
                                  "through plain matrix products instead of the fused SDPA kernel (float32: "
                                  "identical results; 2-3x faster steps at batch 8-16 over long traces)")

@@ -1,4 +1,4 @@
-"""Linear layers on oneDNN-prepacked weights: same results as nn.Linear, training untouched."""
+"""Linear layers on oneDNN-prepacked weights: same results as nn.Linear, with and without gradients."""
 
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ def test_packed_layers_compute_what_linear_computes(dtype):
             torch.testing.assert_close(got, plain(x), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-3)
 
 
-def test_training_takes_the_ordinary_path_and_edits_are_followed():
+def test_trainable_weights_take_the_ordinary_path_and_edits_are_followed():
     layer = nn.Linear(16, 8)
     pack_linear_layers(nn.Sequential(layer))
     x = torch.randn(3, 16, requires_grad=True)
-    y = layer(x)  # gradients on: F.linear, differentiable, no packed copy made
+    y = layer(x)  # gradients on and a trainable weight: F.linear, no packed copy made
     y.sum().backward()
     assert x.grad is not None and layer.weight.grad is not None and layer._packed is None
     with torch.no_grad():
@@ -48,6 +48,61 @@ def test_training_takes_the_ordinary_path_and_edits_are_followed():
         layer.weight.mul_(2)  # e.g. LoRA weights merged into the base weight
         after = layer(x)
     torch.testing.assert_close(after - layer.bias, 2 * (before - layer.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("trainable_bias", [False, True])
+def test_frozen_weights_train_on_packed_products(dtype, trainable_bias):
+    """The base model under LoRA: packed forward, the input's gradient from the packed transpose."""
+    layer = nn.Linear(64, 96, dtype=dtype)
+    plain = nn.Linear(64, 96, dtype=dtype)
+    plain.load_state_dict(layer.state_dict())
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(trainable_bias)
+    pack_linear_layers(nn.Sequential(layer))
+    x = torch.randn(2, 3, 64, dtype=dtype, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_()
+    grad = torch.randn(2, 3, 96, dtype=dtype)
+    layer(x).backward(grad)
+    plain(x_plain).backward(grad)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_plain.grad, **tol)
+    assert layer.weight.grad is None
+    if trainable_bias:  # something of the layer trains: the ordinary path, the bias gets its gradient
+        assert layer._packed is None and layer.bias.grad is not None
+    else:
+        assert layer._packed is not None and layer._packed_t is not None
+
+
+def test_lora_training_unchanged_by_packing_and_fusing():
+    """Loss and every LoRA gradient of a tiny Qwen2 are those of the unpacked model."""
+    from peft import LoraConfig, get_peft_model
+
+    results = []
+    for packed in (False, True):
+        model, _ = build_tiny_model("qwen2", seed=0, dtype=torch.float32)
+        if packed:
+            pack_linear_layers(model)
+            fuse_sibling_layers(model)
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                            init_lora_weights=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model = get_peft_model(model, config)  # the same random, non-zero adapters both times
+        ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+        if packed:
+            groups = {m._siblings for m in model.modules() if isinstance(m, PackedLinear) and m._siblings}
+            # The fused products' backward ran, except the first layer's q/k/v: their input (the
+            # embeddings) needs no gradient.
+            assert len([g for g in groups if g._packed_t is not None]) == len(groups) - 1
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [SingleAgent, LatentMAS])
@@ -141,7 +196,7 @@ def test_fused_siblings_stay_off_the_training_path_and_free_their_input():
     parent = _group(bias=False)
     q, k, v = parent.q_proj, parent.k_proj, parent.v_proj
     x = torch.randn(4, 32, requires_grad=True)
-    sum(m(x).sum() for m in (q, k, v)).backward()  # gradients on: plain F.linear, no fused product
+    sum(m(x).sum() for m in (q, k, v)).backward()  # trainable weights: plain F.linear, no fused product
     assert q._siblings._packed is None and q.weight.grad is not None and x.grad is not None
     with torch.inference_mode():
         y = torch.randn(4, 32)

@@ -261,9 +261,9 @@ def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None
 
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
     default: about 3x faster than float32 on CPUs with bf16 support), "float32", "float16",
-    "auto" or a torch dtype. ``packed``: on CPU, run inference of the linear layers on
-    oneDNN-prepacked weights, the projections that read the same input (q/k/v, gate/up) as one
-    product (:mod:`diffmas.models.packed`: same results, faster decoding).
+    "auto" or a torch dtype. ``packed``: on CPU, run the linear layers on oneDNN-prepacked
+    weights (inference, and frozen weights in training), the projections that read the same input
+    (q/k/v, gate/up) as one product (:mod:`diffmas.models.packed`: same results, faster).
     ``cpu_attention``: on CPU, queries of a few tokens attend through matrix products
     (:mod:`diffmas.models.attention`: same results, faster than the fused kernel there).
     """

@@ -8,9 +8,11 @@ bit-identical results (benchmarks/decode_overhead.py, docs/PERFORMANCE.md).
 :func:`pack_linear_layers` changes the class of every ``nn.Linear`` in a model to
 :class:`PackedLinear`: still an ``nn.Linear`` (PEFT's LoRA wraps it as before; parameters and
 state dicts are unchanged), whose forward uses a packed copy of the weight when it can:
-on CPU, without autograd, in the weight's own dtype. Training (gradients on) always takes the
-ordinary path. The packed copy is made on first use and redone if the weight changes; it costs
-one extra copy of the weights in memory.
+on CPU, in the weight's own dtype, and with autograd on only while the weight and bias are frozen
+(the base model under LoRA): the input's gradient is then one more packed product, with the
+transposed weight (:class:`_FrozenProduct`). A trainable weight takes the ordinary path. The packed
+copy is made on first use and redone if the weight changes; it costs one extra copy of the
+weights in memory, and training a second one (the transposed copy, made on the first backward).
 
 :func:`fuse_sibling_layers` goes one step further for the projections that always read the same
 input (attention's query, key and value; the gated MLP's gate and up): the first of them called
@@ -43,8 +45,9 @@ class PackedLinear(nn.Linear):
 
     def _usable(self, x: torch.Tensor) -> bool:
         w = self.weight
-        return (not torch.is_grad_enabled() and not self._packing_failed and x.device.type == "cpu"
-                and w.device.type == "cpu" and x.dtype == w.dtype and w.dtype in (torch.bfloat16, torch.float32))
+        return ((not torch.is_grad_enabled() or _frozen(self)) and not self._packing_failed
+                and x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype
+                and w.dtype in (torch.bfloat16, torch.float32))
 
     def _packed_weight(self) -> torch.Tensor | None:
         w = self.weight
@@ -59,7 +62,14 @@ class PackedLinear(nn.Linear):
                 self._packed = None
                 return None
             self._packed_key = key
+            self._packed_t = None
         return self._packed
+
+    def _transposed(self) -> torch.Tensor:
+        """The packed (in, out) transpose of the weight, for the input's gradient; made once."""
+        if getattr(self, "_packed_t", None) is None:
+            self._packed_t = _pack_transposed(self.weight.detach())
+        return self._packed_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._usable(x):
@@ -70,8 +80,38 @@ class PackedLinear(nn.Linear):
             packed = self._packed_weight()
             if packed is not None:
                 bias = None if self.bias is None else self.bias.detach()
-                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+                return _product(x, packed, bias, self._transposed)
         return F.linear(x, self.weight, self.bias)
+
+
+def _frozen(layer: nn.Linear) -> bool:
+    return not layer.weight.requires_grad and (layer.bias is None or not layer.bias.requires_grad)
+
+
+def _pack_transposed(weight: torch.Tensor) -> torch.Tensor:
+    # Packed as the weight of a linear layer from out_features to in_features: x @ W = linear(x, W^T).
+    return torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), 1)
+
+
+class _FrozenProduct(torch.autograd.Function):
+    """y = x W^T + b on packed weights, for a frozen W and b: only x gets a gradient,
+    dL/dx = dL/dy W, itself a packed product with the transposed weight."""
+
+    @staticmethod
+    def forward(ctx, x, packed, bias, transposed):
+        ctx.transposed = transposed  # a callable, so the transposed copy is made only if needed
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = torch.ops.mkldnn._linear_pointwise(grad.contiguous(), ctx.transposed(), None, "none", [], "")
+        return grad_x, None, None, None
+
+
+def _product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, transposed) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FrozenProduct.apply(x, packed, bias, transposed)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def pack_linear_layers(model: nn.Module) -> int:
@@ -84,6 +124,7 @@ def pack_linear_layers(model: nn.Module) -> int:
         if type(module) is nn.Linear:
             module.__class__ = PackedLinear
             module._packed, module._packed_key, module._packing_failed = None, None, False
+            module._packed_t = None
             module._siblings = None
             count += 1
     return count
@@ -106,6 +147,7 @@ class FusedSiblings:
         self._packed: torch.Tensor | None = None
         self._bias: torch.Tensor | None = None
         self._key: tuple | None = None
+        self._packed_t: torch.Tensor | None = None
         self._failed = False
         self._pending = threading.local()  # .input: the tensor x; .waiting: id(member) -> slice of x's product
 
@@ -122,7 +164,13 @@ class FusedSiblings:
             with_bias = self.members[0].bias is not None
             self._bias = torch.cat([m.bias.detach() for m in self.members]) if with_bias else None
             self._key = key
+            self._packed_t = None
         return self._packed
+
+    def _transposed(self) -> torch.Tensor:
+        if self._packed_t is None:
+            self._packed_t = _pack_transposed(torch.cat([m.weight.detach() for m in self.members]))
+        return self._packed_t
 
     def output(self, member: PackedLinear, x: torch.Tensor) -> torch.Tensor | None:
         """``member``'s output for ``x``, or None where the fused product is unavailable."""
@@ -133,10 +181,12 @@ class FusedSiblings:
             if not waiting:
                 pending.input = None  # every slice handed out: keep nothing alive
             return out
+        if torch.is_grad_enabled() and not all(map(_frozen, self.members)):
+            return None
         packed = None if self._failed else self._packed_weight()
         if packed is None:
             return None
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, self._bias, "none", [], "")
+        y = _product(x, packed, self._bias, self._transposed)  # (..., sum of out_features)
         parts = dict(zip(map(id, self.members), y.split(self.sizes, dim=-1)))
         out = parts.pop(id(member))
         pending.input, pending.waiting = x, parts
