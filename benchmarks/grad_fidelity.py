@@ -32,7 +32,8 @@ def gradients(args: argparse.Namespace, dtype: str) -> tuple[float, dict[str, to
 
     cfg = TrainConfig(model=args.model, method=args.method, task=args.task, split="train", exclude_last=500,
                       batch_size=args.batch_size, max_steps=1, latent_steps=args.latent_steps, lora_dropout=0.0,
-                      comm_dropout=0.0, dtype=dtype, out=args.scratch, seed=args.seed)
+                      comm_dropout=0.0, dtype=dtype, device=args.device, out=args.scratch, seed=args.seed,
+                      grad_through=args.grad_through, last_k=args.last_k, realign=not args.no_realign)
     trainer = Trainer(cfg, progress=False)
     trainer.lm.model.train()
     names = {id(p): n for n, p in trainer.lm.model.named_parameters()}
@@ -65,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="diffmas", choices=["diffmas", "single_sft"])
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--latent-steps", type=int, default=10)
+    p.add_argument("--grad-through", default="full", choices=["none", "full", "last_k"])
+    p.add_argument("--last-k", type=int, default=1, help="with --grad-through last_k")
+    p.add_argument("--no-realign", action="store_true", help="latent steps without the realignment matrix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scratch", default="/tmp/diffmas-grad-fidelity")
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/grad_fidelity-METHOD.json)")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     loss32, ref = gradients(args, "float32")
     loss16, low = gradients(args, "bfloat16")
@@ -85,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                      "norm_bfloat16": b.norm().item(),
                      "cosine": torch.nn.functional.cosine_similarity(a, b, dim=0).item(),
                      "relative_error": ((b - a).norm() / a.norm().clamp_min(1e-30)).item()})
-    print(f"\n{args.model}, {args.method}, {args.task}, batch {args.batch_size}, {args.latent_steps} latent steps")
+    through = args.grad_through + (f" (k = {args.last_k})" if args.grad_through == "last_k" else "")
+    through += ", no realignment" if args.no_realign else ""
+    print(f"\n{args.model}, {args.method}, {args.task}, batch {args.batch_size}, {args.latent_steps} latent steps, "
+          f"gradients through: {through}")
     print(f"loss: float32 {loss32:.5f}, bfloat16 {loss16:.5f}\n")
     print("| parameters | norm (float32) | norm (bfloat16) | cosine | relative error |")
     print("|---|---|---|---|---|")
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": args.model, "method": args.method, "task": args.task,
                                "batch_size": args.batch_size, "latent_steps": args.latent_steps,
+                               "grad_through": args.grad_through, "last_k": args.last_k,
+                               "realign": not args.no_realign,
                                "loss_float32": loss32, "loss_bfloat16": loss16, "rows": rows}, indent=2))
     print(f"\nwritten to {out}")
     return 0

@@ -2,7 +2,7 @@
 checkpointing, at one or more micro-batch sizes, with the matrix-product CPU attention
 (diffmas.models.attention, the default) and with the fused SDPA kernel (``--attention both``), with
 the frozen base's products on oneDNN-packed weights (diffmas.models.packed, the default) and with
-``F.linear`` (``--packed both``).
+``F.linear`` (``--packed both``), in bfloat16 (the default) or float32 (``--dtype both``).
 
     DIFFMAS_DATA_DIR=../shared/data python benchmarks/train_throughput.py              # 0.5B, GSM8K
     python benchmarks/train_throughput.py --model DIR --task synthetic-arith --steps 1 # any model
@@ -34,7 +34,8 @@ def measure(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(model=args.model, method=args.method, task=args.task, split="train", exclude_last=500,
                       latent_steps=args.latent_steps, lora_dropout=0.0, batch_size=args.batch_size, grad_accum=1,
                       max_steps=args.steps + 1, gradient_checkpointing=args.checkpointing, out=args.scratch,
-                      cpu_attention=args.cpu_attention == "on", packed=args.packed_weights == "on")
+                      cpu_attention=args.cpu_attention == "on", packed=args.packed_weights == "on",
+                      dtype=args.one_dtype)
     trainer = Trainer(cfg, progress=False)
     trainer.lm.model.train()
     trainer.train_step()  # warm-up: allocator, dispatch and first-call costs
@@ -47,7 +48,7 @@ def measure(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - started
     trajectories = args.steps * args.batch_size
     return {"method": args.method, "batch_size": args.batch_size, "gradient_checkpointing": args.checkpointing,
-            "cpu_attention": args.cpu_attention == "on", "packed": args.packed_weights == "on",
+            "cpu_attention": args.cpu_attention == "on", "packed": args.packed_weights == "on", "dtype": args.one_dtype,
             "latent_steps": args.latent_steps, "steps": args.steps, "trajectories": trajectories,
             "seconds": seconds, "trajectories_per_s": trajectories / seconds,
             "s_per_trajectory": seconds / trajectories, "target_tokens": tokens, "losses": losses,
@@ -68,6 +69,8 @@ def main() -> int:
                    help="CPU matrix-product attention on (the default), off (fused SDPA), or both, side by side")
     p.add_argument("--packed", choices=["on", "off", "both"], default="on",
                    help="the frozen base's linear layers on oneDNN-packed weights (the default), off, or both")
+    p.add_argument("--dtype", choices=["bfloat16", "float32", "both"], default="bfloat16",
+                   help="the model's dtype (float32 gives faithful upstream gradients: benchmarks/grad_fidelity.py)")
     p.add_argument("--no-checkpointing-row", action="store_true", help="skip the gradient-checkpointing rows")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     # Internal: run one setting in this process and print its JSON.
@@ -76,6 +79,7 @@ def main() -> int:
     p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cpu-attention", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     p.add_argument("--packed-weights", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
+    p.add_argument("--one-dtype", default="bfloat16", help=argparse.SUPPRESS)
     p.add_argument("--scratch", default="/tmp/diffmas-train-throughput", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -84,14 +88,16 @@ def main() -> int:
     rows = []
     attention = ["on", "off"] if args.attention == "both" else [args.attention]
     packed = ["on", "off"] if args.packed == "both" else [args.packed]
-    settings = [(batch, checkpointing, att, pk) for batch in args.batch_sizes
+    dtypes = ["bfloat16", "float32"] if args.dtype == "both" else [args.dtype]
+    settings = [(batch, checkpointing, att, pk, dt) for batch in args.batch_sizes
                 for checkpointing in ((False,) if args.no_checkpointing_row else (False, True))
-                for att in attention for pk in packed]
-    for batch, checkpointing, att, pk in settings:
-        scratch = f"{args.scratch}-{batch}-{int(checkpointing)}-{att}-{pk}-{time.time_ns()}"
+                for att in attention for pk in packed for dt in dtypes]
+    for batch, checkpointing, att, pk, dt in settings:
+        scratch = f"{args.scratch}-{batch}-{int(checkpointing)}-{att}-{pk}-{dt}-{time.time_ns()}"
         cmd = [sys.executable, __file__, "--one", "--model", args.model, "--task", args.task, "--method",
                args.method, "--batch-size", str(batch), "--latent-steps", str(args.latent_steps), "--steps",
-               str(args.steps), "--scratch", scratch, "--cpu-attention", att, "--packed-weights", pk] + (
+               str(args.steps), "--scratch", scratch, "--cpu-attention", att, "--packed-weights", pk,
+               "--one-dtype", dt] + (
                    ["--checkpointing"] if checkpointing else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -99,14 +105,15 @@ def main() -> int:
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"batch {batch}, checkpointing {checkpointing}, cpu attention {att}, packed {pk}: "
+        print(f"batch {batch}, checkpointing {checkpointing}, cpu attention {att}, packed {pk}, {dt}: "
               f"{r['s_per_trajectory']:.2f} s/trajectory, peak {r['peak_rss_mb']:.0f} MB, "
               f"losses {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
     print(f"\n{args.model}, {args.method}, {args.task}, {args.latent_steps} latent steps, {args.steps} timed steps\n")
-    print("| batch | grad. checkpointing | attention | linear layers | trajectories/s | s/trajectory | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | dtype | grad. checkpointing | attention | linear layers | trajectories/s | s/trajectory "
+          "| peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch_size']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
+        print(f"| {r['batch_size']} | {r['dtype']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
               f"{'matmul' if r['cpu_attention'] else 'fused SDPA'} | {'packed' if r['packed'] else 'F.linear'} | "
               f"{r['trajectories_per_s']:.3f} | {r['s_per_trajectory']:.2f} | {r['peak_rss_mb']:.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -315,3 +315,31 @@ def test_checkpointing_refuses_per_agent_lora_inside_the_mlp():
     with pytest.raises(DiffMASError, match="shared-adapter"):
         enable_mlp_checkpointing(model, adapters=2)
     assert enable_mlp_checkpointing(model, adapters=1) == model.config.num_hidden_layers
+
+
+def test_grad_fidelity_benchmark_compares_every_agent(tiny_model_dir, tmp_path):
+    """benchmarks/grad_fidelity.py on a tiny model: a row per agent and layer half, the comm map
+    and 'all', with both dtypes' norms; float32 against float32 would be exact, bfloat16 is not."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grad_fidelity.py"
+    spec = importlib.util.spec_from_file_location("grad_fidelity", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "fidelity.json"
+    assert bench.main(["--model", tiny_model_dir, "--task", "synthetic-arith", "--latent-steps", "2",
+                       "--scratch", str(tmp_path / "scratch"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    groups = {r["group"] for r in report["rows"]}
+    assert "all" in groups and "comm adapter" in groups
+    for agent in ("Planner", "Critic", "Refiner", "Judger"):
+        assert f"{agent}, first half of the layers" in groups, groups
+    for r in report["rows"]:
+        assert r["norm_float32"] > 0 and r["norm_bfloat16"] > 0 and -1.0001 <= r["cosine"] <= 1.0001
+    assert report["loss_float32"] == pytest.approx(report["loss_bfloat16"], rel=0.05)
+    # The grouping itself: layer halves and the comm map.
+    assert bench.group_of("base_model.model.model.layers.3.self_attn.q_proj.lora_B.Critic.weight", 4) == \
+        "Critic, second half of the layers"
+    assert bench.group_of("comm_adapter.scale", 4) == "comm adapter"
