@@ -1,6 +1,6 @@
 """``diffmas train``: train a latent multi-agent system (or the single-agent control) end to end.
 
-    diffmas train --config configs/train-gsm8k-qwen0.5b.yaml [--flags]
+    diffmas train --config configs/gsm8k-qwen0.5b.yaml [--flags]
     accelerate launch --multi_gpu --num_processes 2 -m diffmas train --config ...   # data parallel (CPU too)
 """
 
