@@ -1,4 +1,4 @@
-"""Faster CPU inference for linear layers: oneDNN-prepacked weights.
+"""Faster CPU linear layers (inference, and training under frozen weights): oneDNN-prepacked weights.
 
 On these machines ``F.linear`` with a bfloat16 weight and one or a few input rows (a decode or
 latent step) reads the weights at about 12 GB/s, a third of the memory bandwidth; oneDNN's linear
