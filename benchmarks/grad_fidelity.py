@@ -48,7 +48,7 @@ def gradients(args: argparse.Namespace, dtype: str) -> tuple[float, dict[str, to
 
 
 def group_of(name: str, layers: int) -> str:
-    """'Planner, layers 0-11' for a LoRA weight, 'comm adapter' for the communication map."""
+    """'Planner, first half of the layers' for a LoRA weight, 'comm adapter' for the communication map."""
     if name.startswith("comm_adapter"):
         return "comm adapter"
     match = re.search(r"layers\.(\d+)\..*lora_[AB]\.([^.]+)\.weight$", name)

@@ -56,6 +56,13 @@ def measure(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def sides(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> list[str]:
+    """The settings an on/off-style option asks for: its two values for "both", else the one given."""
+    value = getattr(args, name)
+    choices = next(a.choices for a in parser._actions if a.dest == name)
+    return [c for c in choices if c != "both"] if value == "both" else [value]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -86,9 +93,7 @@ def main() -> int:
         print(json.dumps(measure(args)))
         return 0
     rows = []
-    attention = ["on", "off"] if args.attention == "both" else [args.attention]
-    packed = ["on", "off"] if args.packed == "both" else [args.packed]
-    dtypes = ["bfloat16", "float32"] if args.dtype == "both" else [args.dtype]
+    attention, packed, dtypes = (sides(p, args, name) for name in ("attention", "packed", "dtype"))
     settings = [(batch, checkpointing, att, pk, dt) for batch in args.batch_sizes
                 for checkpointing in ((False,) if args.no_checkpointing_row else (False, True))
                 for att in attention for pk in packed for dt in dtypes]

@@ -40,6 +40,7 @@ class PackedLinear(nn.Linear):
 
     _packed: torch.Tensor | None
     _packed_key: tuple | None
+    _packed_t: torch.Tensor | None
     _packing_failed: bool
     _siblings: "FusedSiblings | None"
 
@@ -67,7 +68,7 @@ class PackedLinear(nn.Linear):
 
     def _transposed(self) -> torch.Tensor:
         """The packed (in, out) transpose of the weight, for the input's gradient; made once."""
-        if getattr(self, "_packed_t", None) is None:
+        if self._packed_t is None:
             self._packed_t = _pack_transposed(self.weight.detach())
         return self._packed_t
 
