@@ -6,6 +6,11 @@ larger batch size with each method and counts identical outputs and identical ex
 In exact arithmetic the outputs are identical by construction (left padding, masks over pads,
 real-token position ids). In bfloat16, matrix kernels may round differently for different batch
 shapes, so a long greedy continuation can drift after a near-tie; the script reports how often.
+With ``--batch-invariant`` (diffmas.models.exact) every row is computed bit for bit as in a batch
+of one, and the outputs must all be identical:
+
+    DIFFMAS_DATA_DIR=../shared/data python benchmarks/batch_invariance.py --batch-invariant \
+        --out benchmarks/results/batch_invariance_exact.json
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"])
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--agent-max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-invariant", action="store_true", help="diffmas.models.exact: rows computed as alone")
     p.add_argument("--out", default="benchmarks/results/batch_invariance.json")
     args = p.parse_args()
 
-    lm = LM(*load_model(args.model, dtype=args.dtype))
+    lm = LM(*load_model(args.model, dtype=args.dtype, batch_invariant=args.batch_invariant))
     task = get_task(args.task)
     examples = task.load(split=args.split, offset=-args.n).examples
     cfg = MethodConfig(max_new_tokens=args.max_new_tokens, agent_max_new_tokens=args.agent_max_new_tokens)

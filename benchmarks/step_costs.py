@@ -4,6 +4,7 @@
     python benchmarks/step_costs.py --batch-size 8 --lengths 150 700
     python benchmarks/step_costs.py --attention both   # matmul attention against the fused kernel
     python benchmarks/step_costs.py --fuse both        # q/k/v and gate/up as one product or three/two
+    python benchmarks/step_costs.py --batch-invariant both --batch-size 1 8 16  # the price of exactness
 
 Explains where latent_mas and text_mas spend their time: prefill is compute-bound, decode and
 latent steps are bound by reading the weights (a latent step skips the output head).
@@ -23,6 +24,7 @@ from diffmas.engine import LM
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.models import load_model
 from diffmas.models.attention import NAME
+from diffmas.models.exact import make_batch_invariant
 from diffmas.models.packed import fuse_sibling_layers
 
 
@@ -71,29 +73,39 @@ def main() -> int:
     p.add_argument("--fuse", choices=["on", "off", "both"], default="on",
                    help="sibling projections (q/k/v, gate/up) as one product (diffmas.models.packed, the CPU "
                    "default) or one product each, or both side by side")
+    p.add_argument("--batch-invariant", choices=["on", "off", "both"], default="off",
+                   help="batch-invariant inference (diffmas.models.exact: attention one row at a time, products "
+                   "of few rows padded) or the default, or both side by side")
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds over every setting, interleaved; each row reports the median round")
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
-    variants = [(a, f) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
-                for f in (["on", "off"] if args.fuse == "both" else [args.fuse])]
+    def sides(value: str) -> list[str]:
+        return ["on", "off"] if value == "both" else [value]
+
+    variants = [(a, f, e) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
+                for f in sides(args.fuse) for e in sides(args.batch_invariant)]
     rounds: dict[tuple, list[dict]] = {}
     # Settings take turns within every round, so a slow spell of the machine hits them alike.
     for _ in range(args.repeats):
-        for attention, fuse in variants:
+        for attention, fuse, exact in variants:
+            make_batch_invariant(lm.model, on=False)
             lm.model.set_attn_implementation(NAME if attention == "matmul" else "sdpa")
+            make_batch_invariant(lm.model, on=exact == "on")
             fuse_sibling_layers(lm.model, on=fuse == "on")
             measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation, dispatch and packing costs
             for b in args.batch_size:
                 for n in args.lengths:
-                    rounds.setdefault((attention, fuse, b, n), []).append(measure(lm, b, n, args.steps))
-    rows = [dict(median_round(runs), attention=a, fused=f) for (a, f, _, _), runs in rounds.items()]
-    print("| attention | fused q/k/v, gate/up | batch | cache length | prefill tok/s | latent step ms | decode step ms "
-          "| latent/decode |")
-    print("|---|---|---|---|---|---|---|---|")
+                    rounds.setdefault((attention, fuse, exact, b, n), []).append(measure(lm, b, n, args.steps))
+    rows = [dict(median_round(runs), attention=a, fused=f, batch_invariant=e)
+            for (a, f, e, _, _), runs in rounds.items()]
+    print("| attention | fused q/k/v, gate/up | batch-invariant | batch | cache length | prefill tok/s "
+          "| latent step ms | decode step ms | latent/decode |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['fused']} | {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | "
+        print(f"| {r['attention']} | {r['fused']} | {r['batch_invariant']} | {r['batch']} | {r['length']} | "
+              f"{r['prefill_tokens_per_s']:.0f} | "
               f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

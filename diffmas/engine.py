@@ -69,13 +69,15 @@ class ModelConfig:
     cpu_attention: bool = option(True, "CPU: queries of at most 16 tokens (decoding, latent steps) attend "
                                  "through plain matrix products instead of the fused SDPA kernel (float32: "
                                  "identical results; 2-3x faster steps at batch 8-16 over long traces)")
+    batch_invariant: bool = option(False, "CPU: bit-identical results for a row whatever the batch size, in "
+                                   "bfloat16 too (attention one row at a time: slower batched steps)")
 
     def load_lm(self, device: str | None = None) -> "LM":
         from diffmas.models import load_model
 
         model, tokenizer = load_model(self.model, dtype=self.dtype, device=device or self.device,
                                       cache_dir=self.cache_dir, packed=self.packed,
-                                      cpu_attention=self.cpu_attention)
+                                      cpu_attention=self.cpu_attention, batch_invariant=self.batch_invariant)
         return LM(model, tokenizer, name=self.model)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from diffmas.engine import LM
+from diffmas.models.exact import at_least_rows
 
 
 def _input_embedding_scale(lm: LM) -> float:
@@ -57,7 +58,9 @@ class Realigner:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.float()
         if self.matrix is not None:
-            x = x @ self.matrix
+            # At least MIN_ROWS rows: float32 products of fewer take another kernel path, so a
+            # batch of one would round differently from a batch of 16 (diffmas.models.exact).
+            x = at_least_rows(lambda rows: rows @ self.matrix, x)
         x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return x.to(self.dtype).unsqueeze(1)
 
@@ -86,7 +89,7 @@ class CommAdapter(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d) last-layer hidden states -> (B, 1, d) input embeddings, like a Realigner."""
-        x = hidden.float() @ self.weight
+        x = at_least_rows(lambda rows: rows @ self.weight, hidden.float())  # as in Realigner
         # Same operations in the same order as Realigner.__call__ (scale == 1 is exact), then scale.
         x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         x = x * self.scale

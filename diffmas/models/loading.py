@@ -23,6 +23,7 @@ import torch
 from diffmas.errors import DiffMASError, ModelNotInstalledError, UnknownNameError
 from diffmas.models import cache
 from diffmas.models.attention import use_cpu_attention
+from diffmas.models.exact import make_batch_invariant
 from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers
 from diffmas.models.registry import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, get_offline_model
 
@@ -256,7 +257,7 @@ def _not_found(name: str, err: Exception | None = None) -> UnknownNameError:
 
 
 def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None, packed: bool = True,
-               cpu_attention: bool = True):
+               cpu_attention: bool = True, batch_invariant: bool = False):
     """Load ``(model, tokenizer)`` from a registry name, a local directory or a hub id.
 
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
@@ -266,13 +267,20 @@ def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None
     (q/k/v, gate/up) as one product (:mod:`diffmas.models.packed`: same results, faster).
     ``cpu_attention``: on CPU, queries of a few tokens attend through matrix products
     (:mod:`diffmas.models.attention`: same results, faster than the fused kernel there).
+    ``batch_invariant``: on CPU, every row's results are bit-identical at any batch size, in
+    bfloat16 too (:mod:`diffmas.models.exact`: slower attention).
     """
+    if batch_invariant and not str(device).startswith("cpu"):
+        raise DiffMASError(f"batch-invariant inference is implemented for CPU only, not {device!r}; "
+                           "leave --batch-invariant off there")
     model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
     if packed and str(device).startswith("cpu"):
         pack_linear_layers(model)
         fuse_sibling_layers(model)
     if cpu_attention and str(device).startswith("cpu"):
         use_cpu_attention(model)
+    if batch_invariant:
+        make_batch_invariant(model)
     return model, tokenizer
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffmas.models.exact import at_least_rows
+
 
 def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -43,6 +45,7 @@ class PackedLinear(nn.Linear):
     _packed_t: torch.Tensor | None
     _packing_failed: bool
     _siblings: "FusedSiblings | None"
+    _min_rows: int  # > 1: products of fewer rows are padded (batch-invariant inference, diffmas.models.exact)
 
     def _usable(self, x: torch.Tensor) -> bool:
         w = self.weight
@@ -81,7 +84,9 @@ class PackedLinear(nn.Linear):
             packed = self._packed_weight()
             if packed is not None:
                 bias = None if self.bias is None else self.bias.detach()
-                return _product(x, packed, bias, self._transposed)
+                return _product(x, packed, bias, self._transposed, self._min_rows)
+        if self._min_rows > 1:
+            return at_least_rows(lambda rows: F.linear(rows, self.weight, self.bias), x, self._min_rows)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -109,9 +114,13 @@ class _FrozenProduct(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-def _product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, transposed) -> torch.Tensor:
+def _product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, transposed,
+             min_rows: int = 1) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _FrozenProduct.apply(x, packed, bias, transposed)
+    if min_rows > 1:
+        return at_least_rows(lambda rows: torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], ""),
+                             x, min_rows)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -123,12 +132,21 @@ def pack_linear_layers(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if type(module) is nn.Linear:
-            module.__class__ = PackedLinear
-            module._packed, module._packed_key, module._packing_failed = None, None, False
-            module._packed_t = None
-            module._siblings = None
+            make_packed(module)
             count += 1
     return count
+
+
+def make_packed(module: nn.Linear, pack: bool = True) -> PackedLinear:
+    """Turn ``module`` into a :class:`PackedLinear` in place; ``pack=False`` keeps ``F.linear``
+    (for the row padding of batch-invariant inference alone)."""
+    module.__class__ = PackedLinear
+    # A layer told not to pack behaves as one whose packing failed: F.linear from the start.
+    module._packed, module._packed_key, module._packing_failed = None, None, not (pack and packing_available())
+    module._packed_t = None
+    module._siblings = None
+    module._min_rows = 1
+    return module
 
 
 class FusedSiblings:
@@ -187,7 +205,7 @@ class FusedSiblings:
         packed = None if self._failed else self._packed_weight()
         if packed is None:
             return None
-        y = _product(x, packed, self._bias, self._transposed)  # (..., sum of out_features)
+        y = _product(x, packed, self._bias, self._transposed, member._min_rows)  # (..., sum of out_features)
         parts = dict(zip(map(id, self.members), y.split(self.sizes, dim=-1)))
         out = parts.pop(id(member))
         pending.input, pending.waiting = x, parts

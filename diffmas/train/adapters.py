@@ -24,6 +24,7 @@ from torch import nn
 
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
+from diffmas.models.exact import is_batch_invariant, make_batch_invariant
 
 SHARED = "shared"  # the adapter name when all agents share one adapter
 
@@ -100,6 +101,8 @@ class AgentAdapters:
         self.active: str | None = None
         self.activate(agents[0])
         lm.agent_hook = self.activate
+        if is_batch_invariant(lm.model):  # the new LoRA layers' products must be padded too
+            make_batch_invariant(lm.model)
 
     def _collect(self, name: str) -> list[nn.Parameter]:
         from peft.tuners.lora import LoraLayer
