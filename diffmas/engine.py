@@ -70,7 +70,8 @@ class ModelConfig:
                                  "through plain matrix products instead of the fused SDPA kernel (float32: "
                                  "identical results; 2-3x faster steps at batch 8-16 over long traces)")
     batch_invariant: bool = option(False, "CPU: bit-identical results for a row whatever the batch size, in "
-                                   "bfloat16 too (attention one row at a time: slower batched steps)")
+                                   "bfloat16 too (attention whose sums follow each row's own keys: slower "
+                                   "batched steps)")
 
     def load_lm(self, device: str | None = None) -> "LM":
         from diffmas.models import load_model

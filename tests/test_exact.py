@@ -90,19 +90,36 @@ def test_per_row_attention_gives_each_row_what_it_gets_alone(q_len):
     assert torch.isfinite(out).all()
 
 
-def test_per_row_attention_leaves_calls_with_gradients_batched():
+def test_calls_with_gradients_stay_batched_and_only_long_queries_reach_the_inner_function():
     calls = []
 
     def inner(module, q, *args, **kwargs):
-        calls.append(q.shape[0])
+        calls.append((q.shape[0], q.shape[2]))  # (rows, queries)
         return q.transpose(1, 2), None
 
-    q, k, v, mask = _left_padded([5, 3], 1, dtype=torch.float32)
+    attention = per_row_attention(inner)
+    q, k, v, mask = _left_padded([30, 20], 24, dtype=torch.float32)
     with torch.enable_grad():
-        per_row_attention(inner)(torch.nn.Module(), q.requires_grad_(), k, v, mask)
+        attention(torch.nn.Module(), q.requires_grad_(), k, v, mask)
+    assert calls == [(2, 24)]  # training: the batched call, unchanged
     with torch.no_grad():
-        per_row_attention(inner)(torch.nn.Module(), q, k, v, mask)
-    assert calls == [2, 1, 1]
+        attention(torch.nn.Module(), q, k, v, mask)
+        assert calls[1:] == [(1, 24), (1, 20)]  # prefill-sized: each row alone, on its real queries
+        q, k, v, mask = _left_padded([5, 3], 1, dtype=torch.float32)
+        attention(torch.nn.Module(), q, k, v, mask)
+    assert len(calls) == 3  # one-token queries: the chunked path, no inner call
+
+
+def test_chunked_attention_computes_attention():
+    """Against PyTorch's own attention in float32, with pads and a hidden segment (a hole)."""
+    attention = per_row_attention(diffmas_cpu_attention)
+    q, k, v, mask = _left_padded([700, 45, 129, 24], 1, heads=(14, 2), d=64, dtype=torch.float32)
+    mask[..., 650:660] = False
+    with torch.no_grad():
+        out, _ = attention(torch.nn.Module(), q, k, v, mask, scaling=0.125)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(7, 1), v.repeat_interleave(7, 1), attn_mask=mask, scale=0.125)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
 def _exact_lm(arch: str, exact: bool) -> LM:
@@ -173,3 +190,18 @@ def test_trained_adapters_keep_rows_bit_identical():
     batched = method.prepare(questions).last_hidden
     for i, q in enumerate(questions[:4]):
         assert torch.equal(method.prepare([q]).last_hidden[0], batched[i])
+
+
+def test_the_option_reaches_the_loaded_model(tiny_model_dir):
+    import argparse
+
+    from diffmas.config import add_arguments, from_args
+    from diffmas.engine import ModelConfig
+    from diffmas.evaluate import EvalConfig
+    from diffmas.models.exact import is_batch_invariant
+
+    assert is_batch_invariant(ModelConfig(model=tiny_model_dir, batch_invariant=True).load_lm().model)
+    assert not is_batch_invariant(ModelConfig(model=tiny_model_dir).load_lm().model)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, EvalConfig)
+    assert from_args(EvalConfig, parser.parse_args(["--batch-invariant"])).batch_invariant

@@ -11,15 +11,16 @@ greedy continuation that meets a near-tie goes another way. Two kinds of kernel 
   there up, each row's result is the same whatever the number of rows (checked up to 8,000). So a
   product of fewer than :data:`MIN_ROWS` rows runs on its rows plus copies of the first one
   (:func:`at_least_rows`), and a batch-1 decode step is computed the way a batch-16 one is.
-- **Attention over a padded trace.** Reductions over the key axis (softmax sums, probabilities
-  times values) are blocked by position, so pads before a row's keys change the order in which
-  its terms are added. :func:`per_row_attention` gathers each row's visible keys and real queries
-  and runs the attention kernel on that row alone: the very call, with the very shapes and
-  values, that the row would get in a batch of one.
+- **Attention over a padded trace.** Reductions over the key axis (probabilities times values)
+  are blocked by position, so pads before a row's keys, and the trace length its longest
+  neighbour sets, change the order in which its terms are added. Short queries (decoding, latent
+  steps) go through :func:`_chunked_attention`, batched, whose sums run in an order set by
+  the row's own keys; a prefill runs the attention kernel one row at a time on the row's real
+  queries and keys, the very call a batch of one makes (:func:`per_row_attention`).
 
-The price is a Python loop over rows in every attention call (measured in
-benchmarks/step_costs.py and docs/PERFORMANCE.md); the option is off by default
-(``--batch-invariant``). Calls with gradients (training) keep the batched path.
+Off by default (``--batch-invariant``): its attention costs more than the batched matrix
+products of :mod:`diffmas.models.attention` (benchmarks/step_costs.py --batch-invariant both,
+docs/PERFORMANCE.md). Calls with gradients (training) keep the batched path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from diffmas.models.attention import NAME as CPU_NAME
-from diffmas.models.attention import diffmas_cpu_attention
+from diffmas.models.attention import SHORT_QUERY, diffmas_cpu_attention
 
 # Products of fewer rows than this are padded to it: MKL's float32 kernel switches path below 4.
 MIN_ROWS = 4
@@ -52,51 +53,131 @@ def at_least_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+# Keys are summed over in chunks of this many positions (see _chunked_attention).
+CHUNK = 64
+
+
 class _RowPlan:
-    """Which keys and queries of each row are real, worked out once per mask: every layer of a
-    forward pass gets the same mask tensor."""
+    """Which keys and queries of each row are real, worked out once per mask (every layer of a
+    forward pass gets the same mask tensor), and how the rows are grouped.
+
+    A row with at most SHORT_QUERY real queries (every row of a decode or latent step) goes through
+    :func:`_chunked_attention` together with the other rows with as many; a longer one (a prefill)
+    through the inner attention function alone. Both depend on the row only.
+    """
 
     def __init__(self, mask: torch.Tensor, batch: int, q_len: int):
         # mask: bool (B or 1, 1, T, L), True = attend. A key is the row's if some query sees it:
         # pads are masked for every query. A new column is a real query iff its key is the row's.
-        visible = mask[:, 0].any(dim=1).expand(batch, -1)  # (B, L)
+        self.source = mask
+        mask = mask.expand(batch, -1, -1, -1)
+        visible = mask[:, 0].any(dim=1)  # (B, L)
         real_q = visible[:, visible.shape[1] - q_len:]  # (B, T)
-        self.mask = mask
-        self.rows = []
+        self.long_rows = []  # (row, query positions, key positions, (1, 1, t_i, l_i) mask)
+        short: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
         for i in range(batch):
             keys = visible[i].nonzero().squeeze(1)
             queries = real_q[i].nonzero().squeeze(1)
-            row_mask = mask[min(i, mask.shape[0] - 1), :, queries][:, :, keys][None]  # (1, 1, t_i, l_i)
-            self.rows.append((queries, keys, row_mask))
+            if len(queries) > SHORT_QUERY:
+                self.long_rows.append((i, queries, keys, mask[i, :, queries][:, :, keys][None]))
+            elif len(queries):
+                short.setdefault(len(queries), []).append((i, queries, keys))
+        self.groups = [self._group(rows, mask) for rows in short.values()]
+        self.whole = len(self.groups) == 1 and len(short[next(iter(short))]) == batch and next(iter(short)) == q_len
+
+    @staticmethod
+    def _group(rows: list[tuple[int, torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> tuple:
+        """(rows (r,), query positions (r, t), key positions (r, W), mask (r, 1, t, W)): every row's
+        keys gathered to the front, in order, and padded to W, a multiple of CHUNK; pads masked."""
+        width = CHUNK * -(-max(len(k) for _, _, k in rows) // CHUNK)
+        key_idx = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for j, (_, _, keys) in enumerate(rows):
+            key_idx[j, :len(keys)] = keys
+            valid[j, :len(keys)] = True
+        row_idx = torch.tensor([i for i, _, _ in rows])
+        query_idx = torch.stack([q for _, q, _ in rows])
+        sub = mask[row_idx[:, None], 0, query_idx]  # (r, t, L)
+        gathered = sub.gather(-1, key_idx[:, None, :].expand(-1, sub.shape[1], -1)) & valid[:, None, :]
+        return row_idx, query_idx, key_idx, gathered[:, None]
+
+
+def _chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_idx: torch.Tensor,
+                       mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Attention whose every sum runs in an order fixed by the row's own keys, so that a row gets
+    the same bits whatever other rows share the call.
+
+    query (r, Hq, t, D); key/value (r, Hk, L, D); key_idx (r, W): the row's keys, first to last,
+    then pads (W a multiple of CHUNK); mask (r, 1, t, W). Returns (r, t, Hq, D) in query's dtype.
+
+    Why chunks: a product over the key axis (probabilities times values) adds its terms in an
+    order that depends on the axis' length, and W depends on the longest row of the batch. Here
+    every product has CHUNK keys, and the chunks' results are then added one after another (a
+    cumulative sum, sequential by definition), where the chunks of pads that a longer neighbour
+    brings add exact zeros. The maximum is the same in any order.
+    """
+    r, hq, t, d = query.shape
+    hk, length, width = key.shape[1], key.shape[2], key_idx.shape[1]
+    group, n = hq // hk, width // CHUNK
+    # Row-major positions of (row, head, key) in the (r * Hk * L, D) cache: whole D-vectors are
+    # copied, which is much faster than an element-wise gather.
+    flat = ((torch.arange(r)[:, None, None] * hk + torch.arange(hk)[None, :, None]) * length
+            + key_idx[:, None, :]).reshape(-1)
+    k = key.reshape(-1, d).index_select(0, flat).view(r, hk, n, CHUNK, d).float()
+    v = value.reshape(-1, d).index_select(0, flat).view(r, hk, n, CHUNK, d).float()
+    # (r, Hk, 1, group*t, D): the `group` query heads sharing key head h are rows of one product.
+    q = query.reshape(r, hk, 1, group * t, d).float()
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling  # (r, Hk, n, group*t, CHUNK)
+    keep = mask.view(r, 1, t, n, CHUNK).transpose(2, 3)[:, :, :, None]  # (r, 1, n, 1, t, CHUNK)
+    scores = scores.view(r, hk, n, group, t, CHUNK).masked_fill(~keep, torch.finfo(torch.float32).min)
+    scores = scores.view(r, hk, n, group * t, CHUNK)
+    probs = torch.exp(scores - scores.amax(dim=(2, 4), keepdim=True))  # unnormalised
+    numerator = torch.matmul(probs, v).cumsum(dim=2)[:, :, -1]  # (r, Hk, group*t, D)
+    denominator = probs.sum(dim=-1).cumsum(dim=2)[:, :, -1, :, None]  # (r, Hk, group*t, 1)
+    out = numerator / denominator
+    return out.view(r, hq, t, d).transpose(1, 2).to(query.dtype)
 
 
 _plans = threading.local()
 
 
 def _plan(mask: torch.Tensor, batch: int, q_len: int) -> _RowPlan:
-    plan = getattr(_plans, "last", None)
-    if plan is None or plan.mask is not mask:
-        plan = _RowPlan(mask, batch, q_len)
-        _plans.last = plan  # holds the mask (and so its id) alive until the next one replaces it
+    # The plans of the last two masks of this thread (models with sliding-window layers alternate
+    # two masks); each holds its mask alive, so an identity test cannot be fooled by a reused id.
+    plans = _plans.__dict__.setdefault("recent", [])
+    for plan in plans:
+        if plan.source is mask:
+            return plan
+    plan = _RowPlan(mask, batch, q_len)
+    plans[:] = [plan, *plans[:1]]
     return plan
 
 
 def per_row_attention(inner: Callable) -> Callable:
-    """An attention function (transformers' signature) that runs ``inner`` one row at a time on
-    that row's real queries and keys; without gradients and with a boolean 4-D mask only."""
+    """An attention function (transformers' signature) that gives each row the bits it would get in
+    a batch of one: short queries through :func:`_chunked_attention`, long ones through ``inner``
+    one row at a time on the row's real queries and keys. Without gradients and with a boolean
+    4-D mask only; anything else goes to ``inner`` unchanged."""
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                   **kwargs) -> tuple[torch.Tensor, None]:
-        b, _, t, _ = query.shape  # query (B, Hq, T, D); key, value (B, Hk, L, D)
+        b, hq, t, d = query.shape  # query (B, Hq, T, D); key, value (B, Hk, L, D)
         if (torch.is_grad_enabled() or not isinstance(attention_mask, torch.Tensor)
                 or attention_mask.dtype != torch.bool or attention_mask.dim() != 4
-                or attention_mask.shape[-1] != key.shape[2] or attention_mask.shape[-2] != t):
+                or attention_mask.shape[-1] != key.shape[2] or attention_mask.shape[-2] != t
+                or hq % key.shape[1] or dropout or any(kwargs.get(k) is not None for k in _SPECIAL)):
             return inner(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-        out = query.new_zeros(b, t, query.shape[1], query.shape[3])  # (B, T, Hq, D); pads' rows stay 0
-        for i, (queries, keys, row_mask) in enumerate(_plan(attention_mask, b, t).rows):
-            if not len(queries):
-                continue
+        scale = scaling if scaling is not None else d ** -0.5
+        plan = _plan(attention_mask, b, t)
+        if plan.whole:  # every row's queries all real and short (decode and latent steps): one call
+            _, _, key_idx, mask = plan.groups[0]
+            return _chunked_attention(query, key, value, key_idx, mask, scale), None
+        out = query.new_zeros(b, t, hq, d)  # (B, T, Hq, D); pads' rows stay 0
+        for rows, query_idx, key_idx, mask in plan.groups:
+            q = torch.gather(query[rows], 2, query_idx[:, None, :, None].expand(-1, hq, -1, d))
+            out[rows[:, None], query_idx] = _chunked_attention(q, key[rows], value[rows], key_idx, mask, scale)
+        for i, queries, keys, row_mask in plan.long_rows:
             row_out, _ = inner(module, query[i:i + 1].index_select(2, queries), key[i:i + 1].index_select(2, keys),
                                value[i:i + 1].index_select(2, keys), row_mask, dropout=dropout, scaling=scaling,
                                **kwargs)
@@ -104,6 +185,10 @@ def per_row_attention(inner: Callable) -> Callable:
         return out, None
 
     return attention
+
+
+# Arguments of attention variants the chunked path does not implement (they go to ``inner``).
+_SPECIAL = ("softcap", "s_aux", "sinks", "position_bias", "cache")
 
 
 def _full_mask(*args, **kwargs):
