@@ -43,7 +43,7 @@ def test_at_least_rows_pads_small_products_and_drops_the_padding():
 @torch.no_grad()
 def test_padded_products_give_each_row_the_bits_of_a_full_batch():
     torch.manual_seed(0)
-    layer = torch.nn.Linear(4864, 96, bias=False).to(torch.bfloat16)  # the MLP input width of Qwen2.5-0.5B
+    layer = torch.nn.Linear(4864, 896, bias=False).to(torch.bfloat16)  # the MLP down projection of Qwen2.5-0.5B
     pack_linear_layers(layer)
     layer._min_rows = MIN_ROWS
     x = torch.randn(16, 4864).to(torch.bfloat16)
