@@ -83,7 +83,9 @@ class _RowPlan:
             elif len(queries):
                 short.setdefault(len(queries), []).append((i, queries, keys))
         self.groups = [self._group(rows, mask) for rows in short.values()]
-        self.whole = len(self.groups) == 1 and len(short[next(iter(short))]) == batch and next(iter(short)) == q_len
+        # Decode and latent steps: one group holding every row, each with all q_len queries real.
+        only = next(iter(short), None)
+        self.whole = len(short) == 1 and only == q_len and len(short[only]) == batch
 
     @staticmethod
     def _group(rows: list[tuple[int, torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> tuple:
