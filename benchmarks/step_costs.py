@@ -74,13 +74,14 @@ def main() -> int:
                    help="sibling projections (q/k/v, gate/up) as one product (diffmas.models.packed, the CPU "
                    "default) or one product each, or both side by side")
     p.add_argument("--batch-invariant", choices=["on", "off", "both"], default="off",
-                   help="batch-invariant inference (diffmas.models.exact: attention one row at a time, products "
-                   "of few rows padded) or the default, or both side by side")
+                   help="batch-invariant inference (diffmas.models.exact: attention summed in a per-row order, "
+                   "products of few rows padded) or the default, or both side by side")
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds over every setting, interleaved; each row reports the median round")
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+
     def sides(value: str) -> list[str]:
         return ["on", "off"] if value == "both" else [value]
 

@@ -11,7 +11,7 @@ from diffmas.errors import DiffMASError
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.models import build_tiny_model
 from diffmas.models.attention import diffmas_cpu_attention, use_cpu_attention
-from diffmas.models.exact import MIN_ROWS, at_least_rows, make_batch_invariant, per_row_attention
+from diffmas.models.exact import MIN_ROWS, at_least_rows, make_batch_invariant, invariant_attention
 from diffmas.models.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,8 +72,8 @@ def _left_padded(lengths: list[int], q_len: int, heads=(4, 2), d=16, dtype=torch
 
 @pytest.mark.parametrize("q_len", [1, 3, 24])  # decode, latent-size and prefill-size queries
 @torch.no_grad()
-def test_per_row_attention_gives_each_row_what_it_gets_alone(q_len):
-    attention = per_row_attention(diffmas_cpu_attention)
+def test_invariant_attention_gives_each_row_what_it_gets_alone(q_len):
+    attention = invariant_attention(diffmas_cpu_attention)
     lengths = [700, 45, 129, 24, 333, 517, 8, 260]
     q, k, v, mask = _left_padded(lengths, q_len, heads=(14, 2), d=64)
     module = torch.nn.Module()
@@ -97,7 +97,7 @@ def test_calls_with_gradients_stay_batched_and_only_long_queries_reach_the_inner
         calls.append((q.shape[0], q.shape[2]))  # (rows, queries)
         return q.transpose(1, 2), None
 
-    attention = per_row_attention(inner)
+    attention = invariant_attention(inner)
     q, k, v, mask = _left_padded([30, 20], 24, dtype=torch.float32)
     with torch.enable_grad():
         attention(torch.nn.Module(), q.requires_grad_(), k, v, mask)
@@ -112,7 +112,7 @@ def test_calls_with_gradients_stay_batched_and_only_long_queries_reach_the_inner
 
 def test_chunked_attention_computes_attention():
     """Against PyTorch's own attention in float32, with pads and a hidden segment (a hole)."""
-    attention = per_row_attention(diffmas_cpu_attention)
+    attention = invariant_attention(diffmas_cpu_attention)
     q, k, v, mask = _left_padded([700, 45, 129, 24], 1, heads=(14, 2), d=64, dtype=torch.float32)
     mask[..., 650:660] = False
     with torch.no_grad():

@@ -16,7 +16,7 @@ greedy continuation that meets a near-tie goes another way. Two kinds of kernel 
   neighbour sets, change the order in which its terms are added. Short queries (decoding, latent
   steps) go through :func:`_chunked_attention`, batched, whose sums run in an order set by
   the row's own keys; a prefill runs the attention kernel one row at a time on the row's real
-  queries and keys, the very call a batch of one makes (:func:`per_row_attention`).
+  queries and keys, the very call a batch of one makes (:func:`invariant_attention`).
 
 Off by default (``--batch-invariant``): its attention costs more than the batched matrix
 products of :mod:`diffmas.models.attention` (benchmarks/step_costs.py --batch-invariant both,
@@ -82,35 +82,51 @@ class _RowPlan:
                 self.long_rows.append((i, queries, keys, mask[i, :, queries][:, :, keys][None]))
             elif len(queries):
                 short.setdefault(len(queries), []).append((i, queries, keys))
-        self.groups = [self._group(rows, mask) for rows in short.values()]
+        self.groups = [_Group(rows, mask) for rows in short.values()]
         # Decode and latent steps: one group holding every row, each with all q_len queries real.
         only = next(iter(short), None)
         self.whole = len(short) == 1 and only == q_len and len(short[only]) == batch
 
-    @staticmethod
-    def _group(rows: list[tuple[int, torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> tuple:
-        """(rows (r,), query positions (r, t), key positions (r, W), mask (r, 1, t, W)): every row's
-        keys gathered to the front, in order, and padded to W, a multiple of CHUNK; pads masked."""
+
+class _Group:
+    """Rows with as many real queries (at most SHORT_QUERY), as :func:`_chunked_attention` reads
+    them: every row's keys gathered to the front, in order, padded to W, a multiple of CHUNK."""
+
+    def __init__(self, rows: list[tuple[int, torch.Tensor, torch.Tensor]], mask: torch.Tensor):
         width = CHUNK * -(-max(len(k) for _, _, k in rows) // CHUNK)
-        key_idx = torch.zeros(len(rows), width, dtype=torch.long)
+        self.key_idx = torch.zeros(len(rows), width, dtype=torch.long)  # (r, W); pads point at key 0
         valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for j, (_, _, keys) in enumerate(rows):
-            key_idx[j, :len(keys)] = keys
+            self.key_idx[j, :len(keys)] = keys
             valid[j, :len(keys)] = True
-        row_idx = torch.tensor([i for i, _, _ in rows])
-        query_idx = torch.stack([q for _, q, _ in rows])
-        sub = mask[row_idx[:, None], 0, query_idx]  # (r, t, L)
-        gathered = sub.gather(-1, key_idx[:, None, :].expand(-1, sub.shape[1], -1)) & valid[:, None, :]
-        return row_idx, query_idx, key_idx, gathered[:, None]
+        self.rows = torch.tensor([i for i, _, _ in rows])  # (r,)
+        self.query_idx = torch.stack([q for _, q, _ in rows])  # (r, t)
+        sub = mask[self.rows[:, None], 0, self.query_idx]  # (r, t, L)
+        keep = sub.gather(-1, self.key_idx[:, None, :].expand(-1, sub.shape[1], -1)) & valid[:, None, :]
+        r, t, n = len(rows), sub.shape[1], width // CHUNK
+        # (r, 1, n, 1, t, CHUNK): masked scores, laid out as the chunked scores per query head group.
+        self.drop = ~keep.view(r, 1, t, n, CHUNK).transpose(2, 3)[:, :, :, None]
+        self._flat: dict[tuple[int, int], torch.Tensor] = {}
+
+    def flat_index(self, heads: int, length: int) -> torch.Tensor:
+        """Row-major positions of (row, head, key) in the (r * Hk * L, D) view of a cache; the same
+        for every layer, so made once. Whole D-vectors are then copied, much faster than an
+        element-wise gather."""
+        key = (heads, length)
+        if key not in self._flat:
+            r = len(self.rows)
+            self._flat[key] = ((torch.arange(r)[:, None, None] * heads + torch.arange(heads)[None, :, None]) * length
+                               + self.key_idx[:, None, :]).reshape(-1)
+        return self._flat[key]
 
 
-def _chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_idx: torch.Tensor,
-                       mask: torch.Tensor, scaling: float) -> torch.Tensor:
+def _chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group: _Group,
+                       scaling: float) -> torch.Tensor:
     """Attention whose every sum runs in an order fixed by the row's own keys, so that a row gets
     the same bits whatever other rows share the call.
 
-    query (r, Hq, t, D); key/value (r, Hk, L, D); key_idx (r, W): the row's keys, first to last,
-    then pads (W a multiple of CHUNK); mask (r, 1, t, W). Returns (r, t, Hq, D) in query's dtype.
+    query (r, Hq, t, D) and key/value (r, Hk, L, D) of the group's rows. Returns (r, t, Hq, D) in
+    query's dtype.
 
     Why chunks: a product over the key axis (probabilities times values) adds its terms in an
     order that depends on the axis' length, and W depends on the longest row of the batch. Here
@@ -119,23 +135,19 @@ def _chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     brings add exact zeros. The maximum is the same in any order.
     """
     r, hq, t, d = query.shape
-    hk, length, width = key.shape[1], key.shape[2], key_idx.shape[1]
-    group, n = hq // hk, width // CHUNK
-    # Row-major positions of (row, head, key) in the (r * Hk * L, D) cache: whole D-vectors are
-    # copied, which is much faster than an element-wise gather.
-    flat = ((torch.arange(r)[:, None, None] * hk + torch.arange(hk)[None, :, None]) * length
-            + key_idx[:, None, :]).reshape(-1)
+    hk, n = key.shape[1], group.key_idx.shape[1] // CHUNK
+    flat = group.flat_index(hk, key.shape[2])
     k = key.reshape(-1, d).index_select(0, flat).view(r, hk, n, CHUNK, d).float()
     v = value.reshape(-1, d).index_select(0, flat).view(r, hk, n, CHUNK, d).float()
-    # (r, Hk, 1, group*t, D): the `group` query heads sharing key head h are rows of one product.
-    q = query.reshape(r, hk, 1, group * t, d).float()
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling  # (r, Hk, n, group*t, CHUNK)
-    keep = mask.view(r, 1, t, n, CHUNK).transpose(2, 3)[:, :, :, None]  # (r, 1, n, 1, t, CHUNK)
-    scores = scores.view(r, hk, n, group, t, CHUNK).masked_fill(~keep, torch.finfo(torch.float32).min)
-    scores = scores.view(r, hk, n, group * t, CHUNK)
+    # (r, Hk, 1, group*t, D): the query heads sharing key head h are rows of one product.
+    heads = hq // hk
+    q = query.reshape(r, hk, 1, heads * t, d).float()
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling  # (r, Hk, n, heads*t, CHUNK)
+    scores = scores.view(r, hk, n, heads, t, CHUNK).masked_fill(group.drop, torch.finfo(torch.float32).min)
+    scores = scores.view(r, hk, n, heads * t, CHUNK)
     probs = torch.exp(scores - scores.amax(dim=(2, 4), keepdim=True))  # unnormalised
-    numerator = torch.matmul(probs, v).cumsum(dim=2)[:, :, -1]  # (r, Hk, group*t, D)
-    denominator = probs.sum(dim=-1).cumsum(dim=2)[:, :, -1, :, None]  # (r, Hk, group*t, 1)
+    numerator = torch.matmul(probs, v).cumsum(dim=2)[:, :, -1]  # (r, Hk, heads*t, D)
+    denominator = probs.sum(dim=-1).cumsum(dim=2)[:, :, -1, :, None]  # (r, Hk, heads*t, 1)
     out = numerator / denominator
     return out.view(r, hq, t, d).transpose(1, 2).to(query.dtype)
 
@@ -155,7 +167,7 @@ def _plan(mask: torch.Tensor, batch: int, q_len: int) -> _RowPlan:
     return plan
 
 
-def per_row_attention(inner: Callable) -> Callable:
+def invariant_attention(inner: Callable) -> Callable:
     """An attention function (transformers' signature) that gives each row the bits it would get in
     a batch of one: short queries through :func:`_chunked_attention`, long ones through ``inner``
     one row at a time on the row's real queries and keys. Without gradients and with a boolean
@@ -173,12 +185,11 @@ def per_row_attention(inner: Callable) -> Callable:
         scale = scaling if scaling is not None else d ** -0.5
         plan = _plan(attention_mask, b, t)
         if plan.whole:  # every row's queries all real and short (decode and latent steps): one call
-            _, _, key_idx, mask = plan.groups[0]
-            return _chunked_attention(query, key, value, key_idx, mask, scale), None
+            return _chunked_attention(query, key, value, plan.groups[0], scale), None
         out = query.new_zeros(b, t, hq, d)  # (B, T, Hq, D); pads' rows stay 0
-        for rows, query_idx, key_idx, mask in plan.groups:
-            q = torch.gather(query[rows], 2, query_idx[:, None, :, None].expand(-1, hq, -1, d))
-            out[rows[:, None], query_idx] = _chunked_attention(q, key[rows], value[rows], key_idx, mask, scale)
+        for g in plan.groups:
+            q = torch.gather(query[g.rows], 2, g.query_idx[:, None, :, None].expand(-1, hq, -1, d))
+            out[g.rows[:, None], g.query_idx] = _chunked_attention(q, key[g.rows], value[g.rows], g, scale)
         for i, queries, keys, row_mask in plan.long_rows:
             row_out, _ = inner(module, query[i:i + 1].index_select(2, queries), key[i:i + 1].index_select(2, keys),
                                value[i:i + 1].index_select(2, keys), row_mask, dropout=dropout, scaling=scaling,
@@ -201,8 +212,8 @@ def _full_mask(*args, **kwargs):
 
 # Exact variants of the two implementations this project runs on CPU.
 EXACT = {CPU_NAME: "diffmas_cpu_exact", "sdpa": "sdpa_exact"}
-AttentionInterface.register(EXACT[CPU_NAME], per_row_attention(diffmas_cpu_attention))
-AttentionInterface.register(EXACT["sdpa"], per_row_attention(sdpa_attention_forward))
+AttentionInterface.register(EXACT[CPU_NAME], invariant_attention(diffmas_cpu_attention))
+AttentionInterface.register(EXACT["sdpa"], invariant_attention(sdpa_attention_forward))
 for _name in EXACT.values():
     ALL_MASK_ATTENTION_FUNCTIONS.register(_name, _full_mask)
 
