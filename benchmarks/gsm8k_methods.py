@@ -33,13 +33,28 @@ from diffmas.models import load_model
 from diffmas.report import ratio_lines, summary_table, warnings
 
 
+# Settings a method can be run with beside its default, named "METHOD/VARIANT" in --methods.
+VARIANTS = {"once": {"repeat_question": False}, "repeat": {"repeat_question": True},
+            "unsorted": {"by_length": False}}
+
+
+def split_variant(label: str) -> tuple[str, dict]:
+    name, _, variant = label.partition("/")
+    if variant and variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r} in {label!r}; known: {', '.join(VARIANTS)}")
+    return name, VARIANTS.get(variant, {})
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     p.add_argument("--task", default="gsm8k")
     p.add_argument("--split", default="train")
     p.add_argument("--last", type=int, default=100, help="evaluate the last N problems of the split")
-    p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"])
+    p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"],
+                   help="methods; METHOD/VARIANT runs one with other settings: latent_mas/once is latent_mas "
+                   "with --no-repeat-question, latent_mas/repeat with --repeat-question, METHOD/unsorted with "
+                   "--no-by-length")
     p.add_argument("--topology", default="sequential")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--turn", type=int, default=48, help="problems each method answers before the next one's turn")
@@ -49,6 +64,8 @@ def main() -> int:
     p.add_argument("--latent-steps", type=int, default=10)
     p.add_argument("--stop-loops", type=int, default=0, help="stop a text once its last N tokens are a loop "
                    "(diffmas eval --stop-loops); 0: off")
+    p.add_argument("--by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch each turn's problems longest question first (diffmas eval --by-length)")
     p.add_argument("--out", default="benchmarks/results/gsm8k-last100")
     p.add_argument("--resume", action="store_true", help="keep finished records of an earlier run")
     p.add_argument("--adapter", nargs="+", default=[], metavar="METHOD=DIR",
@@ -65,21 +82,26 @@ def main() -> int:
     base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
                       topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps,
-                      refill=args.refill, stop_loops=args.stop_loops)
+                      refill=args.refill, stop_loops=args.stop_loops, by_length=args.by_length)
     if not args.resume:
         for method in args.methods:
-            shutil.rmtree(Path(args.out) / method, ignore_errors=True)
+            shutil.rmtree(Path(args.out) / method.replace("/", "-"), ignore_errors=True)
     summaries: list[dict] = []
     for end in range(args.turn, args.last + args.turn, args.turn):
         # resume=True: each call adds the next turn's problems to the method's records.
-        summaries = [evaluate(replace(base, method=m, out=str(Path(args.out) / m), limit=min(end, args.last),
-                                      adapter=adapters.get(m), topology=None if m in adapters else args.topology,
-                                      resume=True), lm=lms[m], progress=False)
-                     for m in args.methods]
+        summaries = []
+        for m in args.methods:
+            name, variant = split_variant(m)
+            summary = evaluate(replace(base, method=name, out=str(Path(args.out) / m.replace("/", "-")),
+                                       limit=min(end, args.last), adapter=adapters.get(m),
+                                       topology=None if m in adapters else args.topology, resume=True, **variant),
+                               lm=lms[m], progress=False)
+            summaries.append({**summary, "method": m})  # the variant's label in the tables and ratios
         print(f"-- {min(end, args.last)}/{args.last} problems\n{summary_table(summaries)}", flush=True)
 
     print("\n" + summary_table(summaries))
-    ratios = ratio_lines(summaries)
+    ratios = [line for m in args.methods if split_variant(m)[0] == "latent_mas"
+              for line in ratio_lines(summaries, fast=m)]
     for line in ratios:
         print(line)
     flags = [w for s in summaries for w in warnings(s)]

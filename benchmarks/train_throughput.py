@@ -10,7 +10,14 @@ the frozen base's products on oneDNN-packed weights (diffmas.models.packed, the 
 Each setting runs in its own process (so that its peak resident memory is its own): a warm-up
 micro-batch, then ``--steps`` timed optimizer steps of ``batch_size`` GSM8K trajectories each
 (the full DiffMAS forward and backward pass: four agents, 10 latent steps per upstream agent, the
-reference solution teacher-forced). Run it alone: on 2 cores anything else running changes it.
+reference solution teacher-forced). Every row times the same trajectories (the first
+``steps * max(batch sizes)`` of the seeded data order), so rows compare as ratios; ``--naive-row``
+adds the brief's naive loop (batch 1, ``F.linear``, the fused attention kernel) as their baseline:
+
+    DIFFMAS_DATA_DIR=../shared/data python benchmarks/train_throughput.py --naive-row --no-checkpointing-row \
+        --repeat-question both --out benchmarks/results/train_throughput_naive.json
+
+Run it alone: on 2 cores anything else running changes it.
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ def measure(args: argparse.Namespace) -> dict:
                       latent_steps=args.latent_steps, lora_dropout=0.0, batch_size=args.batch_size, grad_accum=1,
                       max_steps=args.steps + 1, gradient_checkpointing=args.checkpointing, out=args.scratch,
                       cpu_attention=args.cpu_attention == "on", packed=args.packed_weights == "on",
-                      dtype=args.one_dtype)
+                      dtype=args.one_dtype, repeat_question=args.one_repeat == "on")
     trainer = Trainer(cfg, progress=False)
     trainer.lm.model.train()
     trainer.train_step()  # warm-up: allocator, dispatch and first-call costs
+    # Time the same trajectories at every batch size: the data order does not depend on it, so
+    # start it again (the first batch size * steps examples of the seeded order).
+    trainer.stream.load_state_dict({**trainer.stream.state_dict(), "epoch": 0, "index": 0})
     started = time.perf_counter()
     tokens, losses = 0, []
     for _ in range(args.steps):
@@ -49,6 +59,7 @@ def measure(args: argparse.Namespace) -> dict:
     trajectories = args.steps * args.batch_size
     return {"method": args.method, "batch_size": args.batch_size, "gradient_checkpointing": args.checkpointing,
             "cpu_attention": args.cpu_attention == "on", "packed": args.packed_weights == "on", "dtype": args.one_dtype,
+            "repeat_question": args.one_repeat == "on",
             "latent_steps": args.latent_steps, "steps": args.steps, "trajectories": trajectories,
             "seconds": seconds, "trajectories_per_s": trajectories / seconds,
             "s_per_trajectory": seconds / trajectories, "target_tokens": tokens, "losses": losses,
@@ -78,6 +89,13 @@ def main() -> int:
                    help="the frozen base's linear layers on oneDNN-packed weights (the default), off, or both")
     p.add_argument("--dtype", choices=["bfloat16", "float32", "both"], default="bfloat16",
                    help="the model's dtype (float32 gives faithful upstream gradients: benchmarks/grad_fidelity.py)")
+    p.add_argument("--repeat-question", choices=["on", "off", "both"], default="on",
+                   help="every agent's prompt states the question (on, the default) or only the first's (off: "
+                   "shorter trajectories, diffmas train --no-repeat-question)")
+    p.add_argument("--naive-row", action="store_true",
+                   help="also time the brief's naive loop on the same trajectories (batch 1, F.linear, fused SDPA, "
+                   "no checkpointing; one per --repeat-question setting) and print every row's speed-up over the "
+                   "naive loop with the same prompts")
     p.add_argument("--no-checkpointing-row", action="store_true", help="skip the gradient-checkpointing rows")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     # Internal: run one setting in this process and print its JSON.
@@ -87,22 +105,27 @@ def main() -> int:
     p.add_argument("--cpu-attention", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     p.add_argument("--packed-weights", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     p.add_argument("--one-dtype", default="bfloat16", help=argparse.SUPPRESS)
+    p.add_argument("--one-repeat", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     p.add_argument("--scratch", default="/tmp/diffmas-train-throughput", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)))
         return 0
     rows = []
-    attention, packed, dtypes = (sides(p, args, name) for name in ("attention", "packed", "dtype"))
-    settings = [(batch, checkpointing, att, pk, dt) for batch in args.batch_sizes
+    attention, packed, dtypes, repeats = (sides(p, args, name) for name in ("attention", "packed", "dtype",
+                                                                           "repeat_question"))
+    trajectories = args.steps * max(args.batch_sizes)  # every row times the same ones
+    settings = [(batch, checkpointing, att, pk, dt, rq) for batch in args.batch_sizes
                 for checkpointing in ((False,) if args.no_checkpointing_row else (False, True))
-                for att in attention for pk in packed for dt in dtypes]
-    for batch, checkpointing, att, pk, dt in settings:
-        scratch = f"{args.scratch}-{batch}-{int(checkpointing)}-{att}-{pk}-{dt}-{time.time_ns()}"
+                for att in attention for pk in packed for dt in dtypes for rq in repeats]
+    if args.naive_row:  # one per prompt design: a row is compared with the naive loop on the same prompts
+        settings[:0] = [(1, False, "off", "off", dtypes[0], rq) for rq in repeats]
+    for batch, checkpointing, att, pk, dt, rq in settings:
+        scratch = f"{args.scratch}-{batch}-{int(checkpointing)}-{att}-{pk}-{dt}-{rq}-{time.time_ns()}"
         cmd = [sys.executable, __file__, "--one", "--model", args.model, "--task", args.task, "--method",
                args.method, "--batch-size", str(batch), "--latent-steps", str(args.latent_steps), "--steps",
-               str(args.steps), "--scratch", scratch, "--cpu-attention", att, "--packed-weights", pk,
-               "--one-dtype", dt] + (
+               str(trajectories // batch), "--scratch", scratch, "--cpu-attention", att, "--packed-weights", pk,
+               "--one-dtype", dt, "--one-repeat", rq] + (
                    ["--checkpointing"] if checkpointing else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -110,17 +133,23 @@ def main() -> int:
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"batch {batch}, checkpointing {checkpointing}, cpu attention {att}, packed {pk}, {dt}: "
+        print(f"batch {batch}, checkpointing {checkpointing}, cpu attention {att}, packed {pk}, {dt}, "
+              f"question repeated {rq}: "
               f"{r['s_per_trajectory']:.2f} s/trajectory, peak {r['peak_rss_mb']:.0f} MB, "
               f"losses {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
     print(f"\n{args.model}, {args.method}, {args.task}, {args.latent_steps} latent steps, {args.steps} timed steps\n")
-    print("| batch | dtype | grad. checkpointing | attention | linear layers | trajectories/s | s/trajectory "
-          "| peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    naive_rows = rows[:len(repeats)] if args.naive_row else []
+    print("| batch | dtype | grad. checkpointing | attention | linear layers | question | trajectories/s "
+          "| s/trajectory | vs naive | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        naive = next((n["s_per_trajectory"] for n in naive_rows if n["repeat_question"] == r["repeat_question"]), None)
+        r["speedup_vs_naive"] = naive / r["s_per_trajectory"] if naive else None
+        versus = f"{r['speedup_vs_naive']:.2f}x" if naive else "-"
         print(f"| {r['batch_size']} | {r['dtype']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
               f"{'matmul' if r['cpu_attention'] else 'fused SDPA'} | {'packed' if r['packed'] else 'F.linear'} | "
-              f"{r['trajectories_per_s']:.3f} | {r['s_per_trajectory']:.2f} | {r['peak_rss_mb']:.0f} |")
+              f"{'every agent' if r['repeat_question'] else 'once'} | {r['trajectories_per_s']:.3f} | "
+              f"{r['s_per_trajectory']:.2f} | {versus} | {r['peak_rss_mb']:.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "task": args.task, "rows": rows}, indent=2))
     print(f"\nwritten to {args.out}")

@@ -56,6 +56,8 @@ class EvalConfig(SetupConfig):
     batch_size: int = option(8, "problems per batch")
     refill: float = option(0.25, "continuous batching: when at most this share of a batch is still writing its "
                            "answers, the next batch is prepared and joins them (0: batches run one after another)")
+    by_length: bool = option(True, "batch the problems longest question first, so that each batch's prompts "
+                             "need little left padding (records are keyed by example id: order does not matter)")
     samples: int = option(1, "answer every problem k times with different sampling seeds (needs --temperature "
                           "> 0): per-seed accuracy, majority vote and answer agreement")
     out: str | None = option(None, "output directory (default: runs/<task>-<method>)")
@@ -253,7 +255,8 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
         for sample in range(cfg.samples):
             method.config.seed = cfg.seed + 7919 * sample  # each sample draws its own tokens
             todo = [ex for ex in loaded.examples if (ex.id, sample) not in done]
-            stream = method.run_stream([ex.question for ex in todo], [ex.id for ex in todo], cfg.batch_size, cfg.refill)
+            stream = method.run_stream([ex.question for ex in todo], [ex.id for ex in todo], cfg.batch_size, cfg.refill,
+                                       cfg.by_length)
             t0 = time.perf_counter()
             for i, trace in stream:
                 # Answers finish one by one, batches overlap: each record gets the wall time since

@@ -58,7 +58,7 @@ def single_messages(question: str, answer_format: str) -> list[dict[str, str]]:
 
 def agent_messages(
     instruction: str,
-    question: str,
+    question: str | None,
     *,
     final: bool,
     answer_format: str,
@@ -68,12 +68,18 @@ def agent_messages(
     """Messages for one agent of a multi-agent system.
 
     ``earlier`` holds (agent name, text) pairs for text communication. ``latent_context`` says the
-    agent reads earlier agents' thoughts through the shared cache, which it is told.
+    agent reads earlier agents' thoughts through the shared cache, which it is told; with it,
+    ``question`` may be None when the question already is in that cache.
     """
+    if question is None and not latent_context:
+        raise ValueError("an agent that reads no latent context must be given the question")
     parts = [instruction]
     if latent_context:
-        parts.append("Earlier agents' reasoning is available to you as latent context.")
-    parts.append(f"Question:\n{question}")
+        # question None: it is in an earlier agent's prompt, which this agent reads through the cache.
+        told = "The question and earlier" if question is None else "Earlier"
+        parts.append(f"{told} agents' reasoning is available to you as latent context.")
+    if question is not None:
+        parts.append(f"Question:\n{question}")
     if earlier:
         shared = "\n\n".join(f"[{name}]\n{text.strip()}" for name, text in earlier)
         parts.append(f"Work of the earlier agents:\n{shared}")

@@ -10,6 +10,7 @@ from diffmas.engine import LM, Sampling, looping
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
+from diffmas.prompts import agent_messages
 
 QUESTIONS = [
     "What is 2 + 3?",
@@ -161,11 +162,14 @@ def test_continuous_batching_never_changes_greedy_answers(lm, method_name):
         lm.stop_ids = torch.tensor([], dtype=torch.long)
         p = method.prepare(questions[:3])
         outs = lm.decode(p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
-        lm.stop_ids = torch.tensor(sorted({o[2 + 3 * i] for i, o in enumerate(outs)}))
-        alone = [method.run([q])[0] for q in questions]
+        for first in range(1, 7):  # the first choice of stop tokens that makes rows finish at different steps
+            lm.stop_ids = torch.tensor(sorted({o[min(first + 3 * i, len(o) - 1)] for i, o in enumerate(outs)}))
+            alone = [method.run([q])[0] for q in questions]
+            if len({t.agents[-1].generated_tokens for t in alone}) > 1:
+                break
         assert len({t.agents[-1].generated_tokens for t in alone}) > 1  # they do finish at different steps
-        for refill in (0.0, 0.5, 1.0):
-            got = dict(method.run_stream(questions, batch_size=3, refill=refill))
+        for refill, by_length in ((0.0, False), (0.5, False), (1.0, False), (0.5, True)):
+            got = dict(method.run_stream(questions, batch_size=3, refill=refill, by_length=by_length))
             assert sorted(got) == list(range(len(questions)))
             assert [got[i].final_text for i in range(len(questions))] == [t.final_text for t in alone]
             assert [got[i].generated_tokens for i in range(len(questions))] == [t.generated_tokens for t in alone]
@@ -173,6 +177,32 @@ def test_continuous_batching_never_changes_greedy_answers(lm, method_name):
         lm.stop_ids = stop
     with pytest.raises(DiffMASError, match="refill"):
         list(method.run_stream(questions, refill=2))
+
+
+@torch.no_grad()
+def test_batching_by_length_groups_questions_of_one_length(tiny_qwen):
+    """Longest question first: each batch's prompts are of about one length, so the prefill pads little."""
+    lm = LM(*tiny_qwen)
+    method = SingleAgent(lm, MethodConfig(max_new_tokens=2), answer_format="Box it.")
+    questions = ["a", "a b c d e f g h", "a b", "a b c d e f g", "a b c d", "a b c d e"]
+    assert method.length_order(questions) == [1, 3, 5, 4, 2, 0]
+    assert method.length_order([]) == [] and list(method.run_stream([], by_length=True)) == []
+    prefill, pads = lm.prefill, []
+
+    def counting_prefill(cache, agent, prompts):
+        pads.append(sum(max(map(len, prompts)) - len(p) for p in prompts))
+        return prefill(cache, agent, prompts)
+
+    lm.prefill = counting_prefill
+    answers, padded = {}, {}
+    for by_length in (False, True):
+        pads.clear()
+        got = dict(method.run_stream(questions, batch_size=2, refill=0.0, by_length=by_length))
+        assert sorted(got) == list(range(6))
+        answers[by_length], padded[by_length] = [got[i].final_text for i in range(6)], sum(pads)
+    assert answers[True] == answers[False]
+    # Question lengths 1, 10, 2, 9, 4, 6 tokens: pairs (1, 10), (2, 9), (4, 6) against (10, 9), (6, 4), (2, 1).
+    assert padded == {False: 18, True: 4}
 
 
 @torch.no_grad()
@@ -229,6 +259,32 @@ def test_hierarchical_agents_do_not_see_each_other(lm):
                                         [AgentSpec("S", "science"), AgentSpec("F", "summariser")]))
     trace_alone = alone.run([QUESTIONS[1]])[0]
     assert trace.agents[1].readout == trace_alone.agents[0].readout
+
+
+@pytest.mark.parametrize("topology", ["sequential", "hierarchical"])
+@torch.no_grad()
+def test_question_stated_once_where_the_cache_already_holds_it(tiny_qwen, topology):
+    """--no-repeat-question: only agents that see no earlier prompt with the question are given it;
+    the others read it through the cache, so their prompts (and the trace) are shorter."""
+    lm = LM(*tiny_qwen)
+    system = load_system(topology)
+    question = QUESTIONS[1]
+    texts, lengths = {}, {}
+    for repeat in (True, False):
+        method = LatentMAS(lm, MethodConfig(latent_steps=1, max_new_tokens=2, repeat_question=repeat),
+                           answer_format="Box it.", system=system)
+        prompts = method.build_prompts([question])
+        texts[repeat] = [lm.tokenizer.decode(p[0]) for p in prompts]
+        lengths[repeat] = len(method.build_trace([question]).cache)
+    asked = [question in t for t in texts[False]]
+    # Sequential: the planner only. Hierarchical: every domain agent (they see no sibling), not the summariser.
+    upstream = len(system.agents) - 1
+    assert asked == ([True] + [False] * upstream if topology == "sequential" else [True] * upstream + [False])
+    assert all(question in t for t in texts[True])
+    assert all("The question and earlier agents' reasoning" in t for t, a in zip(texts[False], asked) if not a)
+    assert lengths[False] < lengths[True]
+    with pytest.raises(ValueError, match="must be given the question"):  # it would have no way to read it
+        agent_messages("Solve it.", None, final=True, answer_format="Box it.")
 
 
 @torch.no_grad()

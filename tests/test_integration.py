@@ -29,7 +29,8 @@ def test_eval_latent_mas_on_gsm8k_offline(tmp_path, monkeypatch, capsys):
             "--latent-steps", "4", "--batch-size", "2", "--max-new-tokens", "48", "--out", str(out)]
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in records] == ["gsm8k/train/7471", "gsm8k/train/7472"]
+    # Written as answers finish, in batches formed by length: the order is not the data's.
+    assert sorted(r["id"] for r in records) == ["gsm8k/train/7471", "gsm8k/train/7472"]
     assert all(r["latent_steps"] == 12 and 0 < r["generated_tokens"] <= 48 for r in records)
     assert "latent_mas" in capsys.readouterr().out
 

@@ -184,6 +184,17 @@ def test_resume_refuses_changed_settings(model_dir, tmp_path, capsys):
     assert main(train_args(model_dir, out, "--max-steps", "2")) == 0
     assert main(train_args(model_dir, out, "--max-steps", "3", "--resume", "--lora-rank", "8")) == 1
     assert "lora_rank: 4 -> 8" in capsys.readouterr().err
+    # A run saved before repeat_question was written stated the question in every prompt.
+    for config in out.rglob("config.json"):
+        saved = json.loads(config.read_text())
+        del saved["repeat_question"]
+        config.write_text(json.dumps(saved))
+        manifest = json.loads((config.parent / "manifest.json").read_text())
+        manifest["files"]["config.json"] = {"bytes": config.stat().st_size, "sha256": ckpt._sha256(config)}
+        (config.parent / "manifest.json").write_text(json.dumps(manifest))
+    assert main(train_args(model_dir, out, "--max-steps", "3", "--resume")) == 1
+    assert "repeat_question: True -> False" in capsys.readouterr().err
+    assert main(train_args(model_dir, out, "--max-steps", "3", "--resume", "--repeat-question")) == 0
 
 
 # -- evaluating trained adapters ----------------------------------------------------------------------
@@ -214,6 +225,24 @@ def test_eval_diffmas_loads_the_trained_weights(trained, model_dir, tmp_path):
         a = method.build_trace(["What is 2 + 3?"]).last_hidden
         b = plain.build_trace(["What is 2 + 3?"]).last_hidden
     assert not torch.allclose(a, b)
+
+
+def test_question_stated_once_is_trained_recorded_and_checked(model_dir, tmp_path, capsys):
+    """A run trained with --no-repeat-question records it; evaluating its adapters with the question
+    repeated says that the prompts differ from training, and with the flag it does not."""
+    run = tmp_path / "once"
+    assert main(train_args(model_dir, run, "--max-steps", "1", "--no-repeat-question")) == 0
+    assert json.loads((run / "final" / "manifest.json").read_text())["repeat_question"] is False
+    capsys.readouterr()
+    for repeat in (True, False):
+        setup = SetupConfig(method="diffmas", model=model_dir, adapter=str(run / "final"), repeat_question=repeat)
+        setup.build_method(LM(*load_model(model_dir, dtype="float32"), name=model_dir), get_task("synthetic-arith"))
+        noted = "was trained with --no-repeat-question" in capsys.readouterr().err
+        assert noted == repeat
+    trainer = Trainer(TrainConfig(model=model_dir, dtype="float32", task="synthetic-arith", limit=4, max_steps=1,
+                                  topology="sequential", repeat_question=False, out=str(tmp_path / "t")),
+                      progress=False)
+    assert trainer.method.config.repeat_question is False  # the trained trajectories state it once
 
 
 def test_eval_single_sft(model_dir, tmp_path):

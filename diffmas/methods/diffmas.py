@@ -41,7 +41,19 @@ class DiffMAS(LatentMAS):
         self.checkpoint = checkpoint
         self.adapters = checkpoint.attach(lm)
         self.comm = checkpoint.load_comm(lm, self.config.realign)
+        self._note_differences()
+
+    def _note_differences(self) -> None:
+        """Say where this run's settings differ from those the adapters were trained with."""
+        from diffmas.train.config import BEFORE_WRITTEN
+
+        checkpoint, cfg = self.checkpoint, self.config
         trained = checkpoint.manifest.get("latent_steps")
-        if trained is not None and trained != self.config.latent_steps:
+        if trained is not None and trained != cfg.latent_steps:
             print(f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
-                  f"{self.config.latent_steps} (--latent-steps)", file=sys.stderr)
+                  f"{cfg.latent_steps} (--latent-steps)", file=sys.stderr)
+        repeat = checkpoint.manifest.get("repeat_question", BEFORE_WRITTEN["repeat_question"])
+        if repeat != cfg.repeat_question:
+            flags = ("--no-repeat-question", "--repeat-question")
+            print(f"note: {checkpoint.path} was trained with {flags[repeat]}; running with {flags[not repeat]}, so "
+                  f"its agents see prompts they were not trained on (pass {flags[repeat]} to match)", file=sys.stderr)

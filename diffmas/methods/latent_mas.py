@@ -55,11 +55,12 @@ class LatentMAS(Method):
         """prompts[j][b]: token ids of agent j's prompt for question b (they do not depend on
         earlier agents' output: that arrives through the cache)."""
         system, n = self.system, len(self.system.agents)
-        prompts = []
+        prompts, asks = [], []  # asks[j]: whether agent j's prompt states the question
         for j, agent in enumerate(system.agents):
+            asks.append(self.config.repeat_question or not any(asks[i] for i in system.sees(j)))
             messages = [
                 agent_messages(
-                    agent.instruction(self.family), q, final=j == n - 1,
+                    agent.instruction(self.family), q if asks[j] else None, final=j == n - 1,
                     answer_format=self.answer_format, latent_context=bool(system.sees(j)),
                 )
                 for q in questions

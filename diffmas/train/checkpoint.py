@@ -142,7 +142,7 @@ def commit(tmp: Path, dest: Path) -> None:
 
 
 def manifest_of(adapters: AgentAdapters, lm: LM, *, method: str, step: int, system: SystemSpec | None,
-                comm: bool, realign: bool, latent_steps: int, task: str) -> dict:
+                comm: bool, realign: bool, latent_steps: int, task: str, repeat_question: bool = False) -> dict:
     first = adapters.adapter_names[0]
     targets = adapters.peft_model.peft_config[first].target_modules
     lora = {**asdict(adapters.settings), "target_modules": sorted(targets)}
@@ -152,6 +152,7 @@ def manifest_of(adapters: AgentAdapters, lm: LM, *, method: str, step: int, syst
         "agents": list(adapters.names), "adapters": dict(adapters.names),
         "system": asdict(system) if system is not None else None,
         "lora": lora, "comm_adapter": comm, "realign": realign, "latent_steps": latent_steps, "task": task,
+        "repeat_question": repeat_question,
     }
 
 

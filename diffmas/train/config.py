@@ -19,10 +19,12 @@ from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
 
 TRAIN_METHODS = ("diffmas", "single_sft")
 SCHEDULES = ("cosine", "linear", "constant")
+# What runs saved by earlier versions, whose config.json lacks these keys, did.
+BEFORE_WRITTEN = {"repeat_question": True}
 # Settings that change what is trained or on which data: a resumed run must keep them.
 FIXED_ON_RESUME = ("method", "model", "task", "split", "data_path", "offset", "limit", "exclude_last", "system",
                    "trajectories", "target", "role_steps",
-                   "topology", "realign", "comm_adapter", "lora_rank", "lora_alpha", "lora_dropout",
+                   "topology", "realign", "repeat_question", "comm_adapter", "lora_rank", "lora_alpha", "lora_dropout",
                    "lora_targets", "shared_adapter", "seed", "batch_size", "grad_accum")
 
 
@@ -35,6 +37,8 @@ class TrainConfig(ModelConfig):
     topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
     latent_steps: int = option(10, "latent steps per upstream agent (without a curriculum; the ramp's end)")
     realign: bool = option(True, "start latent inputs from the ridge realignment (else the identity)")
+    repeat_question: bool = option(False, "state the question in every agent's prompt (default: only where the "
+                                   "agent cannot read it in the shared cache; evaluate with the same setting)")
     comm_adapter: bool = option(True, "train the hidden-state -> latent-input map too (diffmas)")
     # -- data ---------------------------------------------------------------------------------
     task: str = option("gsm8k", "task to train on (see `diffmas tasks`)")

@@ -34,7 +34,7 @@ from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.tasks import get_task
 from diffmas.train import checkpoint as ckpt
 from diffmas.train.adapters import AgentAdapters
-from diffmas.train.config import FIXED_ON_RESUME, TrainConfig
+from diffmas.train.config import BEFORE_WRITTEN, FIXED_ON_RESUME, TrainConfig
 from diffmas.train.collect import load_trajectories
 from diffmas.train.data import DataStream, TrainItem, build_items, load_examples
 from diffmas.train.memory import enable_mlp_checkpointing
@@ -163,7 +163,8 @@ class Trainer:
 
     def _build_method(self) -> None:
         cfg, lm, task = self.cfg, self.lm, self.task
-        method_cfg = MethodConfig(latent_steps=cfg.latent_steps_at(0), realign=cfg.realign)
+        method_cfg = MethodConfig(latent_steps=cfg.latent_steps_at(0), realign=cfg.realign,
+                                  repeat_question=cfg.repeat_question)
         self.comm: CommAdapter | None = None
         if cfg.method == "single_sft":
             self.system = None
@@ -340,7 +341,8 @@ class Trainer:
             last_used = self.cfg.latent_steps_at(max(self.step - 1, 0)) if self.system is not None else 0
             manifest = ckpt.manifest_of(self.adapters, self.lm, method=self.cfg.method, step=self.step,
                                         system=self.system, comm=self.comm is not None, realign=self.cfg.realign,
-                                        latent_steps=last_used, task=self.cfg.task)
+                                        latent_steps=last_used, task=self.cfg.task,
+                                        repeat_question=self.cfg.repeat_question)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "data": self.stream.state_dict(),
                      "world_size": dist.world}
@@ -353,10 +355,11 @@ class Trainer:
         """Continue from checkpoint ``path``: weights, optimizer, schedule, data position, RNG."""
         saved = json.loads((path / "config.json").read_text())
         now = asdict(self.cfg)
-        defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys older versions did not write
-        changed = [k for k in FIXED_ON_RESUME if saved.get(k, defaults[k]) != now.get(k)]
+        # Keys older versions did not write: what those versions did.
+        saved = {**{f.name: f.default for f in fields(TrainConfig)}, **BEFORE_WRITTEN, **saved}
+        changed = [k for k in FIXED_ON_RESUME if saved[k] != now.get(k)]
         if changed:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            detail = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
             raise DiffMASError(f"cannot resume {path} with different settings ({detail}); use the run's "
                                "own settings or start a new --out")
         ckpt.load_adapter_weights(self.adapters, path)
