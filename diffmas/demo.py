@@ -25,8 +25,8 @@ METHODS = ("single", "single_sft", "text_mas", "latent_mas", "diffmas")
 # Seconds measured by the demo itself on 2 CPU cores with Qwen2.5-Coder-0.5B-Instruct in bfloat16
 # (docs/RESULTS.md, "The demo"):
 # per evaluated problem for each method, per training trajectory, and the model loads.
-SECONDS_PER_PROBLEM = {"single": 8.3, "single_sft": 5.0, "text_mas": 28.0, "latent_mas": 3.5, "diffmas": 9.0}
-SECONDS_PER_TRAJECTORY = {"diffmas": 7.6, "single_sft": 2.3}
+SECONDS_PER_PROBLEM = {"single": 4.1, "single_sft": 4.3, "text_mas": 16.2, "latent_mas": 3.1, "diffmas": 3.0}
+SECONDS_PER_TRAJECTORY = {"diffmas": 4.9, "single_sft": 1.7}
 SECONDS_OVERHEAD = 60.0
 
 
