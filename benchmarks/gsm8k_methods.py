@@ -45,6 +45,11 @@ def split_variant(label: str) -> tuple[str, dict]:
     return name, VARIANTS.get(variant, {})
 
 
+def run_dir(out: str, label: str) -> Path:
+    """Where a method (or METHOD/VARIANT) writes its records: <out>/METHOD or <out>/METHOD-VARIANT."""
+    return Path(out) / label.replace("/", "-")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -85,14 +90,14 @@ def main() -> int:
                       refill=args.refill, stop_loops=args.stop_loops, by_length=args.by_length)
     if not args.resume:
         for method in args.methods:
-            shutil.rmtree(Path(args.out) / method.replace("/", "-"), ignore_errors=True)
+            shutil.rmtree(run_dir(args.out, method), ignore_errors=True)
     summaries: list[dict] = []
     for end in range(args.turn, args.last + args.turn, args.turn):
         # resume=True: each call adds the next turn's problems to the method's records.
         summaries = []
         for m in args.methods:
             name, variant = split_variant(m)
-            summary = evaluate(replace(base, method=name, out=str(Path(args.out) / m.replace("/", "-")),
+            summary = evaluate(replace(base, method=name, out=str(run_dir(args.out, m)),
                                        limit=min(end, args.last), adapter=adapters.get(m),
                                        topology=None if m in adapters else args.topology, resume=True, **variant),
                                lm=lms[m], progress=False)

@@ -90,8 +90,9 @@ def main() -> int:
     p.add_argument("--dtype", choices=["bfloat16", "float32", "both"], default="bfloat16",
                    help="the model's dtype (float32 gives faithful upstream gradients: benchmarks/grad_fidelity.py)")
     p.add_argument("--repeat-question", choices=["on", "off", "both"], default="on",
-                   help="every agent's prompt states the question (on, the default) or only the first's (off: "
-                   "shorter trajectories, diffmas train --no-repeat-question)")
+                   help="every agent's prompt states the question (on: LatentMAS's design, this script's default so "
+                   "that its rows compare with its earlier runs) or only the first's (off: the trainer's default, "
+                   "shorter trajectories)")
     p.add_argument("--naive-row", action="store_true",
                    help="also time the brief's naive loop on the same trajectories (batch 1, F.linear, fused SDPA, "
                    "no checkpointing; one per --repeat-question setting) and print every row's speed-up over the "
@@ -137,7 +138,8 @@ def main() -> int:
               f"question repeated {rq}: "
               f"{r['s_per_trajectory']:.2f} s/trajectory, peak {r['peak_rss_mb']:.0f} MB, "
               f"losses {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
-    print(f"\n{args.model}, {args.method}, {args.task}, {args.latent_steps} latent steps, {args.steps} timed steps\n")
+    print(f"\n{args.model}, {args.method}, {args.task}, {args.latent_steps} latent steps, the same {trajectories} "
+          "timed trajectories in every row\n")
     naive_rows = rows[:len(repeats)] if args.naive_row else []
     print("| batch | dtype | grad. checkpointing | attention | linear layers | question | trajectories/s "
           "| s/trajectory | vs naive | peak RSS MB |")
