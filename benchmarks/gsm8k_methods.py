@@ -35,7 +35,7 @@ from diffmas.report import ratio_lines, summary_table, warnings
 
 # Settings a method can be run with beside its default, named "METHOD/VARIANT" in --methods.
 VARIANTS = {"once": {"repeat_question": False}, "repeat": {"repeat_question": True},
-            "unsorted": {"by_length": False}}
+            "unsorted": {"by_length": False}, "bare": {"answer_cue": False}}
 
 
 def split_variant(label: str) -> tuple[str, dict]:

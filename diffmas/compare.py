@@ -27,7 +27,7 @@ from diffmas.report import plot_accuracy
 SUMMARY = "summary.json"
 COLUMNS = ["run", "method", "task", "n", "accuracy", "ci95_low", "ci95_high", "stability", "agreement",
            "generated_tokens", "latent_steps", "prompt_tokens", "passed_text_tokens", "passed_latent_vectors",
-           "s_per_problem", "total_seconds", "peak_memory_mb", "no_answer"]
+           "s_per_problem", "total_seconds", "peak_memory_mb", "no_answer", "answers_cued"]
 
 
 def _summaries_in(path: Path) -> list[dict]:
@@ -87,6 +87,7 @@ def rows_of(summaries: list[dict]) -> list[dict]:
             "passed_latent_vectors": s.get("mean_passed_latent_vectors"), "s_per_problem": s.get("mean_seconds"),
             "total_seconds": s.get("method_seconds"), "peak_memory_mb": s.get("peak_memory_mb"),
             "no_answer": s.get("extraction_failures"),
+            "answers_cued": s.get("answers_cued", 0),  # runs of versions before the answer cue had none
         })
     return rows
 
@@ -140,11 +141,12 @@ def _cells(row: dict) -> list[str]:
     agreement = "-" if row["agreement"] == "" else f"{100 * row['agreement']:.0f}%"
     return [row["run"], row["method"], str(row["task"]), str(row["n"]), f"{100 * row['accuracy']:.1f}%", ci,
             row["stability"] or "-", agreement, num(row["generated_tokens"], ".1f"), num(row["latent_steps"], ".0f"),
-            num(row["s_per_problem"], ".2f"), num(row["total_seconds"], ".0f"), str(row["no_answer"])]
+            num(row["s_per_problem"], ".2f"), num(row["total_seconds"], ".0f"), str(row["no_answer"]),
+            str(row["answers_cued"])]
 
 
 HEADER = ["run", "method", "task", "n", "accuracy", "95% CI", "stability (acc. mean +- sd)", "agreement",
-          "gen tokens", "latent steps", "s/problem", "total s", "no answer"]
+          "gen tokens", "latent steps", "s/problem", "total s", "no answer", "cued"]
 
 
 def markdown_table(rows: list[dict], header: list[str] = HEADER, cells=_cells) -> str:

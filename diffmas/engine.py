@@ -9,7 +9,8 @@ steps therefore cost no head at all (for Qwen2.5-0.5B the head is 136M of 494M p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -220,9 +221,62 @@ class LM:
         pool.add(cache, last_hidden, max_new_tokens, list(range(cache.batch_size)))
         out: list[list[int]] = [[] for _ in range(cache.batch_size)]
         while len(pool):
-            for row, ids in pool.step():
+            for row, ids, *_ in pool.step():
                 out[row] = ids
         return out
+
+
+@dataclass
+class AnswerCue:
+    """What to do when an answer has ended and no answer can be read from it.
+
+    Zero-shot chain of thought's second step (Kojima et al., 2022): the row's text is continued
+    with a cue that opens the answer ("Therefore, the final answer is \\boxed{") and the model
+    finishes the sentence in a few tokens, on top of everything it (and, in a latent system, the
+    agents before it) wrote. An answer that ran into its token budget, fell into a loop or ended
+    without naming an option still gets one, computed from the same trace. A stop token that
+    ended the unreadable answer is dropped: the cue continues the answer, not a new turn.
+    """
+
+    text: str  # ends inside an open brace, "... \\boxed{": the model's answer closes it
+    ids: list[int]  # the cue's token ids
+    readable: Callable[[object, str], bool]  # (row key, text so far) -> whether an answer can be read
+    max_new_tokens: int = 16  # budget of the model's tokens after the cue
+    # (row key) -> one token id per valid answer (a multiple-choice question's option letters), or
+    # None: the model writes the answer freely. With choices the answer is the likeliest of them,
+    # followed by ``close_ids``: an untrained latent judger, cued, still wrote "\\boxed{A).The
+    # letterofthecorrectoption..." or "\\boxed{\n\nStep", leaving the box open.
+    choices: Callable[[object], list[int] | None] | None = None
+    close_ids: list[int] = field(default_factory=list)  # ids of "}", which closes a chosen answer
+
+    def __post_init__(self) -> None:
+        if not self.ids or not self.text.endswith("{"):
+            raise DiffMASError(f"an answer cue must end with an open brace, e.g. '\\boxed{{', got {self.text!r}")
+        if self.choices is not None and not self.close_ids:
+            raise DiffMASError("an answer cue with choices needs close_ids (the ids of '}')")
+        if self.max_new_tokens < 1:
+            raise DiffMASError(f"the answer cue's max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+    def closed(self, continuation: str) -> bool:
+        """Whether the model's text after the cue closes the cue's brace. Not "once an answer can
+        be read": an extractor reads "\\boxed{4" as 4 one token before "\\boxed{42}" is written."""
+        depth = 1
+        for ch in continuation:
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0:
+                return True
+        return False
+
+
+class Finished(NamedTuple):
+    """A row that finished decoding: its key, its ids (the stop token included when one ended it)
+    and, when its answer was cued (see :class:`AnswerCue`), where in ``ids`` the cue starts and
+    how many of the ids were fed by the cue rather than chosen by the model."""
+
+    key: object
+    ids: list[int]
+    cue_at: int | None = None
+    cue_tokens: int = 0
 
 
 class DecodePool:
@@ -234,17 +288,21 @@ class DecodePool:
     on which rows share a step; sampled ones draw from one generator, so they do.
     """
 
-    def __init__(self, lm: LM, agent: str, sampling: Sampling | None = None):
-        self.lm, self.agent = lm, agent
+    def __init__(self, lm: LM, agent: str, sampling: Sampling | None = None, cue: AnswerCue | None = None):
+        self.lm, self.agent, self.cue = lm, agent, cue
         self.sampling = sampling or Sampling()
         self.gen = torch.Generator(device="cpu").manual_seed(self.sampling.seed) if self.sampling.temperature > 0 \
             else None
         self.stop = set(lm.stop_ids.tolist())
         self.cache: SharedKVCache | None = None
         self.hidden: torch.Tensor | None = None  # (R, d): last hidden state of each running row
+        # Per running row, in the cache's row order:
         self.keys: list = []
         self.out: list[list[int]] = []
         self.budget: list[int] = []
+        self.feed: list[list[int]] = []  # cue tokens still to be fed (the model's choice is ignored meanwhile)
+        self.cue_at: list[int | None] = []  # where in out the cue starts; None: not cued
+        self.choices: list[list[int] | None] = []  # a cued row's valid answers (AnswerCue.choices)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -261,9 +319,12 @@ class DecodePool:
         self.keys += list(keys)
         self.out += [[] for _ in keys]
         self.budget += [max_new_tokens] * len(keys)
+        self.feed += [[] for _ in keys]
+        self.cue_at += [None] * len(keys)
+        self.choices += [None] * len(keys)
 
-    def step(self) -> list[tuple[object, list[int]]]:
-        """Choose the next token of every running row; return the rows that finished, as (key, ids)."""
+    def step(self) -> list[Finished]:
+        """Choose the next token of every running row; return the rows that finished."""
         if not len(self):
             return []
         lm, sampling = self.lm, self.sampling
@@ -271,16 +332,33 @@ class DecodePool:
         early = [k for k, o in enumerate(self.out) if len(o) < sampling.min_new_tokens]
         if early and self.stop:
             logits[torch.tensor(early)[:, None], lm.stop_ids[None, :]] = float("-inf")
-        nxt = lm._choose(logits, sampling, self.gen)
+        self._limit_to_choices(logits)
+        chosen = lm._choose(logits, sampling, self.gen).tolist()
         keep, done = [], []
-        for k, token in enumerate(nxt.tolist()):
+        for k, token in enumerate(chosen):
+            if self.feed[k]:
+                chosen[k] = self.feed[k].pop(0)
+                self.out[k].append(chosen[k])
+                keep.append(k)
+                continue
             self.out[k].append(token)
             finished = (token in self.stop or len(self.out[k]) >= self.budget[k]
                         or (sampling.stop_loops > 0 and looping(self.out[k], sampling.stop_loops)))
+            if self.cue_at[k] is not None:
+                after = self.out[k][self.cue_at[k] + len(self.cue.ids):]
+                if self.choices[k]:  # the choice is the answer: close its brace, nothing more to decode
+                    self.out[k] += self.cue.close_ids
+                    finished = True
+                # A free answer ends as soon as it closes the cue's brace.
+                finished = finished or self.cue.closed(self.lm.decode_text(after))
+            elif finished and self._start_cue(k, chosen):
+                finished = False
             (done if finished else keep).append(k)
-        finished = [(self.keys[k], self.out[k]) for k in done]
+        finished = [Finished(self.keys[k], self.out[k], self.cue_at[k], self._cue_tokens(k)) for k in done]
+        nxt = torch.tensor(chosen)
         if done:
-            self.keys, self.out, self.budget = ([xs[k] for k in keep] for xs in (self.keys, self.out, self.budget))
+            for name in ("keys", "out", "budget", "feed", "cue_at", "choices"):
+                setattr(self, name, [getattr(self, name)[k] for k in keep])
             if not keep:
                 self.cache = self.hidden = None
                 return finished
@@ -290,3 +368,42 @@ class DecodePool:
         ones = torch.ones(len(nxt), 1, dtype=torch.long)
         self.hidden = lm.forward(self.cache, self.agent, "text", ones, input_ids=nxt[:, None].to(lm.device))
         return finished
+
+    def _cue_tokens(self, k: int) -> int:
+        if self.cue_at[k] is None:
+            return 0
+        return len(self.cue.ids) + (len(self.cue.close_ids) if self.choices[k] else 0)
+
+    def _limit_to_choices(self, logits: torch.Tensor) -> None:
+        """(R, V) logits: a row with choices that has just been fed the whole cue picks among them."""
+        for k, allowed in enumerate(self.choices):
+            if allowed and not self.feed[k] and len(self.out[k]) == self.cue_at[k] + len(self.cue.ids):
+                keep = logits[k, allowed].clone()
+                logits[k] = float("-inf")
+                logits[k, allowed] = keep
+
+    def _start_cue(self, k: int, chosen: list[int]) -> bool:
+        """Row ``k`` just ended: if no answer can be read from it, cue one (see :class:`AnswerCue`)
+        and return True. ``chosen[k]``, the token fed next, becomes the cue's first token when
+        the row ended on a stop token (which is dropped)."""
+        cue, out = self.cue, self.out[k]
+        if cue is None:
+            return False
+        stopped = out[-1] in self.stop
+        text_ids = out[:-1] if stopped else out
+        # The cache holds one column per token so far; the cue and its answer must still fit.
+        if len(self.cache) + len(cue.ids) + cue.max_new_tokens + 1 > self.lm.max_positions or \
+                cue.readable(self.keys[k], self.lm.decode_text(text_ids)):
+            return False
+        if stopped:
+            out.pop()
+            chosen[k] = cue.ids[0]
+            out.append(chosen[k])
+            self.feed[k] = list(cue.ids[1:])
+            self.cue_at[k] = len(out) - 1
+        else:  # the last token chosen is fed now, the cue after it
+            self.feed[k] = list(cue.ids)
+            self.cue_at[k] = len(out)
+        self.budget[k] = self.cue_at[k] + len(cue.ids) + cue.max_new_tokens
+        self.choices[k] = cue.choices(self.keys[k]) if cue.choices is not None else None
+        return True

@@ -11,6 +11,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from diffmas.agents import load_system
 from diffmas.config import option
-from diffmas.engine import LM, ModelConfig
+from diffmas.engine import LM, AnswerCue, ModelConfig
 from diffmas.errors import DiffMASError
 from diffmas.methods import Method, MethodConfig, get_method_class
 from diffmas.tasks import Example, LoadResult, Task, get_task
@@ -60,6 +61,11 @@ class EvalConfig(SetupConfig):
                              "need little left padding (records are keyed by example id: order does not matter)")
     samples: int = option(1, "answer every problem k times with different sampling seeds (needs --temperature "
                           "> 0): per-seed accuracy, majority vote and answer agreement")
+    # On MedQA dev the untrained latent_mas judger named no option in 20 of 50 answers (13 ran to
+    # their budget setting out a plan): a reader wants its choice, and the records say which were cued.
+    answer_cue: bool = option(True, "when no answer can be read from an output, append the task's answer cue "
+                              "(\"Therefore, the final answer is \\boxed{\") and let the model finish it in a few "
+                              "tokens; the record says answer_cued (zero-shot CoT's answer extraction)")
     out: str | None = option(None, "output directory (default: runs/<task>-<method>)")
     resume: bool = option(False, "skip examples already written to the output directory")
 
@@ -93,6 +99,26 @@ def build_method(name: str, lm: LM, config: MethodConfig, task: Task, system: st
     explicit = system is not None or topology is not None
     spec = load_system(system, topology) if cls.uses_system and (explicit or not cls.needs_adapter) else None
     return cls(lm, config, family=task.family, answer_format=task.answer_format, system=spec, adapter=adapter)
+
+
+def answer_cue(task: Task, lm: LM, examples: Callable[[], list[Example]]) -> AnswerCue | None:
+    """``task``'s answer cue for ``lm`` (None where the task has none) for the problems of the
+    stream being answered, ``examples()`` (read when a row is cued: the list changes per sample)."""
+    if not task.answer_cue:
+        return None
+
+    def token_ids(text: str) -> list[int]:
+        return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def readable(i: int, text: str) -> bool:
+        return task.extract_answer(text, examples()[i]) is not None
+
+    def choices(i: int) -> list[int] | None:
+        ids = [token_ids(s) for s in task.answer_choices(examples()[i]) or ()]
+        # Only where each choice is one token (Qwen's and Llama's option letters are).
+        return [t[0] for t in ids] if ids and all(len(t) == 1 for t in ids) else None
+
+    return AnswerCue(task.answer_cue, token_ids(task.answer_cue), readable, choices=choices, close_ids=token_ids("}"))
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -168,6 +194,7 @@ def make_record(example: Example, trace, task: Task, seconds: float) -> dict:
         # in text_mas) against their latent vectors (left in the shared cache in latent_mas).
         "passed_text_tokens": sum(a.generated_tokens for a in trace.agents[:-1] if a.text is not None),
         "passed_latent_vectors": sum(a.latent_steps for a in trace.agents[:-1]),
+        "answer_cued": trace.answer_cued,
         "seconds": round(seconds, 4),
         "peak_memory_mb": round(peak_memory_mb(), 1),  # of the process, at the end of this example's batch
         "output": trace.final_text,
@@ -221,6 +248,9 @@ def summarise(records: list[dict], cfg: EvalConfig, extra: dict) -> dict:
         "mean_passed_latent_vectors": mean("passed_latent_vectors"),
         "method_seconds": sum(r["seconds"] for r in records),
         "extraction_failures": sum(r["prediction"] is None for r in records),
+        "answers_cued": sum(bool(r.get("answer_cued")) for r in records),
+        # Accuracy without the cue is (correct - cued_correct) / n: a cued answer is the only one.
+        "cued_correct": sum(bool(r.get("answer_cued")) and r["correct"] for r in first),
         **extra, "config": asdict(cfg),
     }
 
@@ -249,6 +279,8 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     lm = lm or cfg.load_lm()
     method = cfg.build_method(lm, task)
     torch.manual_seed(cfg.seed)
+    todo: list[Example] = []
+    cue = answer_cue(task, lm, lambda: todo) if cfg.answer_cue else None
     bar = tqdm(total=total, initial=len(done & _keys(loaded.examples, cfg.samples)), disable=not progress,
                desc=f"{cfg.method} on {cfg.task}", unit="problem")
     with open(out / RECORDS, "a") as fh, torch.inference_mode():
@@ -256,7 +288,7 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
             method.config.seed = cfg.seed + 7919 * sample  # each sample draws its own tokens
             todo = [ex for ex in loaded.examples if (ex.id, sample) not in done]
             stream = method.run_stream([ex.question for ex in todo], [ex.id for ex in todo], cfg.batch_size, cfg.refill,
-                                       cfg.by_length)
+                                       cfg.by_length, cue)
             t0 = time.perf_counter()
             for i, trace in stream:
                 # Answers finish one by one, batches overlap: each record gets the wall time since

@@ -43,6 +43,15 @@ DEFAULT_ANSWER_FORMAT = {
     "code": "Write the complete Python solution in one ```python code block.",
 }
 
+# What continues an answer from which nothing can be read (diffmas.engine.AnswerCue): the model
+# finishes the sentence inside the \boxed{} the extractors read. None for code: a program cannot
+# be cued into existence in a few tokens.
+ANSWER_CUE = {
+    "math": "\n\nTherefore, the final answer is \\boxed{",
+    "multiple_choice": "\n\nTherefore, the letter of the correct option is \\boxed{",
+    "code": None,
+}
+
 
 def role_instruction(role: str, family: str, custom: str | None = None) -> str:
     if family not in FAMILIES:

@@ -10,7 +10,7 @@ def _fmt_seconds(s: float) -> str:
 def summary_table(summaries: list[dict]) -> str:
     """A Markdown table, one row per run: accuracy with its 95% interval, tokens and time."""
     header = ["method", "task", "n", "accuracy", "95% CI", "gen tokens", "latent steps", "passed text/latent",
-              "s/problem", "total", "no answer"]
+              "s/problem", "total", "no answer", "cued (right)"]
     rows = []
     for s in summaries:
         lo, hi = s["ci95"]
@@ -20,6 +20,7 @@ def summary_table(summaries: list[dict]) -> str:
             f"{s.get('mean_passed_text_tokens', 0):.0f} / {s.get('mean_passed_latent_vectors', 0):.0f}",
             f"{s['mean_seconds']:.2f}",
             _fmt_seconds(s["method_seconds"]), str(s["extraction_failures"]),
+            f"{s.get('answers_cued', 0)} ({s.get('cued_correct', 0)})",
         ])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -34,8 +35,9 @@ MAX_EXTRACTION_FAILURES = 0.05
 
 
 def warnings(summary: dict) -> list[str]:
-    """What a reader of a result should be told first: accuracy below guessing, or too many
-    outputs from which no answer could be read (the model's fault or the extractor's: look)."""
+    """What a reader of a result should be told first: accuracy below guessing, too many outputs
+    from which no answer could be read (the model's fault or the extractor's: look), or too many
+    that gave one only once cued."""
     out, n = [], summary["n"]
     chance = summary.get("chance")
     name = f"{summary['method']} on {summary['task']}"
@@ -45,6 +47,10 @@ def warnings(summary: dict) -> list[str]:
     if n and failures > MAX_EXTRACTION_FAILURES * n:
         out.append(f"{name}: no answer could be read from {failures} of {n} outputs ({100 * failures / n:.0f}%, "
                    f"more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their `output` in records.jsonl")
+    cued = summary.get("answers_cued", 0)
+    if n and cued > MAX_EXTRACTION_FAILURES * n:
+        out.append(f"{name}: {cued} of {n} outputs ({100 * cued / n:.0f}%) named no answer until the answer cue "
+                   "was appended (records with answer_cued; --no-answer-cue leaves them unanswered)")
     return out
 
 

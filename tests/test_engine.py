@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from diffmas.agents import AgentSpec, SystemSpec, load_system
-from diffmas.engine import LM, Sampling, looping
+from diffmas.engine import LM, AnswerCue, DecodePool, Sampling, looping
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
@@ -364,3 +366,78 @@ def test_context_overflow_names_the_example(lm):
     method = SingleAgent(lm, cfg, answer_format="x")
     with pytest.raises(ContextLengthError, match="example q-7"):
         method.run(["hello"], ids=["q-7"])
+
+
+def test_answer_cue_closes_its_brace_only():
+    cue = AnswerCue("so \\boxed{", [1], lambda key, text: False)
+    assert cue.closed("42}") and cue.closed("C} because")
+    assert cue.closed("\\frac{1}{2}}")
+    assert not cue.closed("4") and not cue.closed("\\frac{1}{2}")  # "\\boxed{4" is not yet "\\boxed{42}"
+    with pytest.raises(DiffMASError, match="open brace"):
+        AnswerCue("so the answer is", [1], lambda key, text: False)
+    with pytest.raises(DiffMASError, match="max_new_tokens"):
+        AnswerCue("\\boxed{", [1], lambda key, text: False, max_new_tokens=0)
+
+
+def _decode_all(lm: LM, prompts: list[list[int]], budget: int, cue: AnswerCue | None) -> list:
+    pool = DecodePool(lm, "A", Sampling(), cue)
+    cache = lm.new_cache(len(prompts))
+    pool.add(cache, lm.prefill(cache, "A", prompts), budget, list(range(len(prompts))))
+    done = {}
+    while len(pool):
+        done.update({f.key: f for f in pool.step()})
+    return [done[k] for k in range(len(prompts))]
+
+
+@torch.no_grad()
+def test_answer_cue_continues_unreadable_answers_as_one_longer_prompt_would(lm):
+    """Row 0 counts as readable, the others not: row 0 is untouched; every other row is its bare
+    answer (without the stop token that ended it), then the cue, then what greedy decoding writes
+    after prompt + bare answer + cue in one plain prompt; alone or in a batch, the same."""
+    prompts = [lm.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
+    text = "\n\nTherefore, the final answer is \\boxed{"
+    cue = AnswerCue(text, ids(lm, text), lambda key, text: key == 0, max_new_tokens=5)
+    bare = _decode_all(lm, prompts, 12, None)
+    cued = _decode_all(lm, prompts, 12, cue)
+    assert cued[0].ids == bare[0].ids and cued[0].cue_at is None
+    stop = set(lm.stop_ids.tolist())
+    for k in range(1, len(prompts)):
+        own = bare[k].ids[:-1] if bare[k].ids[-1] in stop else bare[k].ids
+        at = cued[k].cue_at
+        assert at == len(own) and cued[k].ids[:at] == own and cued[k].ids[at:at + len(cue.ids)] == cue.ids
+        after = cued[k].ids[at + len(cue.ids):]
+        assert 1 <= len(after) <= cue.max_new_tokens
+        alone = prompts[k] + own + cue.ids
+        cache = lm.new_cache(1)
+        plain = lm.decode(cache, "A", lm.prefill(cache, "A", [alone]), len(after))[0]
+        assert after == plain
+        assert _decode_all(lm, [prompts[k]], 12, replace(cue, readable=lambda key, text: False))[0].ids == cued[k].ids
+
+
+@torch.no_grad()
+def test_answer_cue_with_choices_answers_with_the_likeliest_one(lm):
+    """Odd rows have choices: their cued answer is one of them, the likeliest, and the brace is
+    closed; even rows write freely, as without choices."""
+    prompts = [lm.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
+    text = "\n\nTherefore, the letter of the correct option is \\boxed{"
+    letters = [ids(lm, "A")[0], ids(lm, "B")[0]]
+    close = ids(lm, "}")
+    cue = AnswerCue(text, ids(lm, text), lambda key, text: False, max_new_tokens=3,
+                    choices=lambda key: letters if key % 2 else None, close_ids=close)
+    free = _decode_all(lm, prompts, 6, replace(cue, choices=None))
+    for k, f in enumerate(_decode_all(lm, prompts, 6, cue)):
+        if k % 2:
+            start = f.cue_at + len(cue.ids)
+            assert f.ids[:start] == free[k].ids[:start] and f.ids[start + 1:] == close
+            assert f.ids[start] in letters and f.cue_tokens == len(cue.ids) + len(close)
+            logits = _logits_after(lm, prompts[k] + f.ids[:start])
+            assert f.ids[start] == max(letters, key=lambda t: logits[t])
+        else:
+            assert f.ids == free[k].ids and f.cue_tokens == len(cue.ids)
+    assert any(f.ids[f.cue_at + len(cue.ids)] not in letters for f in free), "choices were never needed"
+    with pytest.raises(DiffMASError, match="close_ids"):
+        AnswerCue(text, ids(lm, text), lambda key, text: False, choices=lambda key: letters)
+
+
+def _logits_after(lm: LM, prompt: list[int]) -> torch.Tensor:
+    return lm.logits(lm.prefill(lm.new_cache(1), "A", [prompt]))[0]

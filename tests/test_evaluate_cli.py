@@ -227,3 +227,47 @@ def test_stability_statistics():
     assert st["per_seed_accuracy"] == [2 / 3, 2 / 3, 2 / 3] and st["std"] == 0
     assert st["majority_accuracy"] == 2 / 3  # a: "1" wins; b: a three-way tie goes to sample 0 ("5", wrong)
     assert st["agreement"] == 1 / 3
+
+
+def test_answer_cue_answers_only_what_could_not_be_read(model_dir, tmp_path, capsys):
+    """The tiny model's random text sometimes holds a number and sometimes not: the cued run keeps
+    every readable answer as it was and continues each unreadable one with the task's cue."""
+    bare, cued = tmp_path / "bare", tmp_path / "cued"
+    assert main(eval_args(model_dir, bare, "--method", "single", "--limit", "8", "--no-answer-cue")) == 0
+    assert main(eval_args(model_dir, cued, "--method", "single", "--limit", "8")) == 0
+    before = {r["id"]: r for r in read(bare)}
+    after = {r["id"]: r for r in read(cued)}
+    assert not any(r["answer_cued"] for r in before.values())
+    unread = [i for i, r in before.items() if r["prediction"] is None]
+    assert unread and len(unread) < len(before), "choose a --limit with readable and unreadable answers"
+    for i, r in after.items():
+        assert r["answer_cued"] == (i in unread)
+        if i in unread:
+            assert r["output"].startswith(before[i]["output"])
+            assert "Therefore, the final answer is \\boxed{" in r["output"]
+            assert r["prompt_tokens"] > before[i]["prompt_tokens"]  # the cue is fed, not generated
+        else:
+            assert r["output"] == before[i]["output"] and r["prediction"] == before[i]["prediction"]
+    summary = json.loads((cued / "summary.json").read_text())
+    assert summary["answers_cued"] == len(unread)
+    assert summary["cued_correct"] == sum(after[i]["correct"] for i in unread)
+    assert json.loads((bare / "summary.json").read_text())["answers_cued"] == 0
+
+
+def test_answer_cue_of_each_task_family(tiny_qwen):
+    from diffmas.engine import LM
+    from diffmas.evaluate import answer_cue
+    from diffmas.tasks import Example, get_task
+
+    lm = LM(*tiny_qwen)
+    mc = [Example("q1", "Which? A) x B) y C) z", "B", {"choices": ["x", "y", "z"]}),
+          Example("q2", "Which? A) x B) y C) z D) w", "D", {"labels": ["A", "B", "C", "D"]})]
+    cue = answer_cue(get_task("arc_challenge"), lm, lambda: mc)
+    assert lm.decode_text(cue.ids).endswith("the letter of the correct option is \\boxed{")
+    assert [lm.decode_text([t]) for t in cue.choices(0)] == ["A", "B", "C"]
+    assert [lm.decode_text([t]) for t in cue.choices(1)] == ["A", "B", "C", "D"]
+    assert lm.decode_text(cue.close_ids) == "}"
+    assert cue.readable(1, "so it is \\boxed{D}") and not cue.readable(1, "Step 1: read the question")
+    math = answer_cue(get_task("gsm8k"), lm, lambda: [Example("m", "1+1?", "2")])
+    assert math.choices(0) is None and math.readable(0, "\\boxed{2}")
+    assert answer_cue(get_task("mbpp"), lm, lambda: []) is None  # code: no cue

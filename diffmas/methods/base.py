@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from diffmas.agents import SystemSpec
 from diffmas.cache import SharedKVCache
 from diffmas.config import option
-from diffmas.engine import LM, DecodePool, Sampling
+from diffmas.engine import LM, AnswerCue, DecodePool, Sampling
 from diffmas.errors import ContextLengthError, DiffMASError
 
 
@@ -62,6 +62,7 @@ class AgentTrace:
     generated_tokens: int = 0
     latent_steps: int = 0
     readout: list[list[str]] | None = None  # logit-lens top-k tokens per latent vector
+    answer_cued: bool = False  # no answer could be read until the task's answer cue was appended (AnswerCue)
 
 
 @dataclass
@@ -82,6 +83,18 @@ class Trace:
     @property
     def prompt_tokens(self) -> int:
         return sum(a.prompt_tokens for a in self.agents)
+
+    @property
+    def answer_cued(self) -> bool:
+        return bool(self.agents) and self.agents[-1].answer_cued
+
+    def mark_cued(self, cue_tokens: int) -> None:
+        """``cue_tokens`` of the final agent's ids are the answer cue (see
+        :class:`~diffmas.engine.AnswerCue`): fed, not generated, so they count as prompt tokens."""
+        final = self.agents[-1]
+        final.answer_cued = True
+        final.generated_tokens -= cue_tokens
+        final.prompt_tokens += cue_tokens
 
 
 def missing_adapter(method: str) -> DiffMASError:
@@ -146,7 +159,8 @@ class Method:
         return [p.finish(b, out) for b, out in enumerate(outputs)]
 
     def run_stream(self, questions: list[str], ids: list[str] | None = None, batch_size: int = 8,
-                   refill: float = 0.25, by_length: bool = False) -> Iterator[tuple[int, Trace]]:
+                   refill: float = 0.25, by_length: bool = False,
+                   cue: AnswerCue | None = None) -> Iterator[tuple[int, Trace]]:
         """Answer ``questions`` batch by batch, yielding (index, trace) as each answer finishes.
 
         When at most ``refill * batch_size`` answers are still being written, the next batch is
@@ -158,12 +172,20 @@ class Method:
         each batch holds questions of about one length and its left-padded prefills compute few
         pad positions (GSM8K in the given order: 33% of latent_mas's prefilled positions were pads,
         benchmarks/phase_times.py).
+
+        ``cue``: an :class:`AnswerCue` whose ``readable`` and ``choices`` take the index into
+        ``questions`` as the row key;
+        answers it cannot read are continued with the cue (their traces say ``answer_cued``).
         """
         if not 0 <= refill <= 1:
             raise DiffMASError(f"refill must be in [0, 1], got {refill}")
         ids = ids or [f"#{i}" for i in range(len(questions))]
         order = self.length_order(questions) if by_length else list(range(len(questions)))
         pool: DecodePool | None = None
+        # The pool's row keys are (index, row, finish): the caller's check sees the index.
+        pool_cue = None if cue is None else replace(
+            cue, readable=lambda key, text: cue.readable(key[0], text),
+            choices=None if cue.choices is None else lambda key: cue.choices(key[0]))
         start = 0
         while start < len(questions) or (pool is not None and len(pool)):
             # Traces with sliding-window layers cannot be merged: their batches take turns.
@@ -171,13 +193,16 @@ class Method:
             if start < len(questions) and joinable:
                 batch = order[start:start + batch_size]
                 p = self.prepare([questions[i] for i in batch], [ids[i] for i in batch])
-                pool = pool or DecodePool(self.lm, p.agent, p.sampling)
+                pool = pool or DecodePool(self.lm, p.agent, p.sampling, pool_cue)
                 keys = [(i, b, p.finish) for b, i in enumerate(batch)]
                 pool.add(p.cache, p.last_hidden, p.max_new_tokens, keys)
                 start += len(batch)
                 continue
-            for (index, row, finish), out in pool.step():
-                yield index, finish(row, out)
+            for (index, row, finish), out, cue_at, cue_tokens in pool.step():
+                trace = finish(row, out)
+                if cue_at is not None:
+                    trace.mark_cued(cue_tokens)
+                yield index, trace
 
     def length_order(self, questions: list[str]) -> list[int]:
         """Indices of ``questions``, longest (in tokens) first; ties keep the given order."""

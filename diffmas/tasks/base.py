@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmas.errors import DataError, UnknownNameError
-from diffmas.prompts import DEFAULT_ANSWER_FORMAT
+from diffmas.prompts import ANSWER_CUE, DEFAULT_ANSWER_FORMAT
 from diffmas.tasks import answers, io
 
 MAX_REASONS = 10  # enough to diagnose a bad file without flooding logs
@@ -76,6 +76,7 @@ class Task:
     name: str = ""
     family: str = "math"  # "math" | "multiple_choice" | "code"
     answer_format: str = ""
+    answer_cue: str | None = None  # appended to an answer nothing can be read from (diffmas.engine.AnswerCue)
     splits: tuple[str, ...] = ()
     default_split: str = "test"
     split_aliases: dict[str, str] = {}
@@ -167,6 +168,10 @@ class Task:
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         raise NotImplementedError
 
+    def answer_choices(self, example: Example) -> list[str] | None:
+        """The valid answers to ``example`` when there are few (None: any text)."""
+        return None
+
     def training_target(self, example: Example) -> str:
         """The reference answer a trained system learns to write for ``example``: the worked
         solution when the data has one (``meta["solution"]``), then the gold answer in \\boxed{},
@@ -226,6 +231,7 @@ class MathTask(Task):
 
     family = "math"
     answer_format = DEFAULT_ANSWER_FORMAT["math"]
+    answer_cue = ANSWER_CUE["math"]
 
     def extract_answer(self, text: str, example: Example | None = None) -> str | None:
         return answers.extract_math_answer(text)
@@ -239,12 +245,16 @@ class MultipleChoiceTask(Task):
 
     family = "multiple_choice"
     answer_format = DEFAULT_ANSWER_FORMAT["multiple_choice"]
+    answer_cue = ANSWER_CUE["multiple_choice"]
 
     def extract_answer(self, text: str, example: Example | None = None) -> str | None:
         if example is None:
             return answers.extract_choice(text)
-        letters = example.meta.get("labels") or answers.LETTERS[: len(example.meta.get("choices", ())) or 5]
-        return answers.extract_choice(text, letters, example.meta.get("choices"))
+        return answers.extract_choice(text, self.answer_choices(example), example.meta.get("choices"))
+
+    def answer_choices(self, example: Example) -> list[str]:
+        """The option letters of ``example``."""
+        return list(example.meta.get("labels") or answers.LETTERS[: len(example.meta.get("choices", ())) or 5])
 
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         return prediction is not None and prediction.strip().upper() == example.gold.strip().upper()
