@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4's evidence: single vs latent_mas, greedy, Qwen2.5-Coder-0.5B-Instruct, on the last 50
-# problems of each development set in ../shared/data; one results folder per task. About 70
+# problems of each development set in ../shared/data; one results folder per task. About 30
 # minutes on 2 CPU cores for all five; run it alone (other heavy processes skew the timings).
 #   DIFFMAS_DATA_DIR=../shared/data bash benchmarks/dev_evidence.sh [TASK ...]
 # PREFIX (default dev) names the folders: benchmarks/results/PREFIX-TASK.
