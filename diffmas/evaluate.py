@@ -65,7 +65,8 @@ class EvalConfig(SetupConfig):
     # their budget setting out a plan): a reader wants its choice, and the records say which were cued.
     answer_cue: bool = option(True, "when no answer can be read from an output, append the task's answer cue "
                               "(\"Therefore, the final answer is \\boxed{\") and let the model finish it in a few "
-                              "tokens; the record says answer_cued (zero-shot CoT's answer extraction)")
+                              "tokens (multiple choice: the likeliest option letter); the record says answer_cued "
+                              "(zero-shot CoT's answer extraction)")
     out: str | None = option(None, "output directory (default: runs/<task>-<method>)")
     resume: bool = option(False, "skip examples already written to the output directory")
 
