@@ -248,9 +248,11 @@ def summarise(records: list[dict], cfg: EvalConfig, extra: dict) -> dict:
         "mean_passed_text_tokens": mean("passed_text_tokens"),
         "mean_passed_latent_vectors": mean("passed_latent_vectors"),
         "method_seconds": sum(r["seconds"] for r in records),
-        "extraction_failures": sum(r["prediction"] is None for r in records),
-        "answers_cued": sum(bool(r.get("answer_cued")) for r in records),
-        # Accuracy without the cue is (correct - cued_correct) / n: a cued answer is the only one.
+        "answers": len(records),  # n x samples once complete
+        "extraction_failures": sum(r["prediction"] is None for r in records),  # of all answers
+        # Of the n problems' first answers, as accuracy: accuracy without the cue is
+        # (correct - cued_correct) / n (a cued answer is the only answer there is).
+        "answers_cued": sum(bool(r.get("answer_cued")) for r in first),
         "cued_correct": sum(bool(r.get("answer_cued")) and r["correct"] for r in first),
         **extra, "config": asdict(cfg),
     }

@@ -43,13 +43,14 @@ def warnings(summary: dict) -> list[str]:
     name = f"{summary['method']} on {summary['task']}"
     if chance is not None and n and summary["accuracy"] < chance:
         out.append(f"{name}: accuracy {100 * summary['accuracy']:.1f}% is below chance ({100 * chance:.1f}%)")
-    failures = summary["extraction_failures"]
-    if n and failures > MAX_EXTRACTION_FAILURES * n:
-        out.append(f"{name}: no answer could be read from {failures} of {n} outputs ({100 * failures / n:.0f}%, "
-                   f"more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their `output` in records.jsonl")
-    cued = summary.get("answers_cued", 0)
+    failures, answers = summary["extraction_failures"], summary.get("answers", n)  # of every sample's answers
+    if answers and failures > MAX_EXTRACTION_FAILURES * answers:
+        out.append(f"{name}: no answer could be read from {failures} of {answers} outputs "
+                   f"({100 * failures / answers:.0f}%, more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their "
+                   "`output` in records.jsonl")
+    cued = summary.get("answers_cued", 0)  # of the n first answers
     if n and cued > MAX_EXTRACTION_FAILURES * n:
-        out.append(f"{name}: {cued} of {n} outputs ({100 * cued / n:.0f}%) named no answer until the answer cue "
+        out.append(f"{name}: {cued} of {n} answers ({100 * cued / n:.0f}%) named none until the answer cue "
                    "was appended (records with answer_cued; --no-answer-cue leaves them unanswered)")
     return out
 

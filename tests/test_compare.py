@@ -150,6 +150,10 @@ def test_warnings_flag_below_chance_and_unreadable_outputs():
     below, unread = warnings(summary(accuracy=0.2, failures=3))
     assert "below chance (25.0%)" in below and "20.0%" in below
     assert "3 of 40 outputs" in unread
+    # Several samples per problem: failures are counted over every answer, cued answers over the first.
+    assert warnings({**summary(failures=3), "answers": 80}) == []
+    (cued,) = warnings({**summary(), "answers": 80, "answers_cued": 3})
+    assert "3 of 40 answers (8%) named none until the answer cue" in cued
 
 
 def test_chance_of_multiple_choice_examples():

@@ -252,6 +252,13 @@ def test_answer_cue_answers_only_what_could_not_be_read(model_dir, tmp_path, cap
     assert summary["answers_cued"] == len(unread)
     assert summary["cued_correct"] == sum(after[i]["correct"] for i in unread)
     assert json.loads((bare / "summary.json").read_text())["answers_cued"] == 0
+    sampled = tmp_path / "sampled"
+    assert main(eval_args(model_dir, sampled, "--method", "single", "--limit", "8", "--samples", "2",
+                          "--temperature", "0.7")) == 0
+    s = json.loads((sampled / "summary.json").read_text())
+    first = [r for r in read(sampled) if r.get("sample", 0) == 0]
+    assert s["answers"] == 16 and s["n"] == 8 and s["answers_cued"] == sum(r["answer_cued"] for r in first)
+    assert s["cued_correct"] == sum(r["answer_cued"] and r["correct"] for r in first)
 
 
 def test_answer_cue_of_each_task_family(tiny_qwen):
