@@ -345,12 +345,12 @@ class DecodePool:
             finished = (token in self.stop or len(self.out[k]) >= self.budget[k]
                         or (sampling.stop_loops > 0 and looping(self.out[k], sampling.stop_loops)))
             if self.cue_at[k] is not None:
-                after = self.out[k][self.cue_at[k] + len(self.cue.ids):]
                 if self.choices[k]:  # the choice is the answer: close its brace, nothing more to decode
                     self.out[k] += self.cue.close_ids
                     finished = True
-                # A free answer ends as soon as it closes the cue's brace.
-                finished = finished or self.cue.closed(self.lm.decode_text(after))
+                else:  # a free answer ends as soon as it closes the cue's brace
+                    after = self.out[k][self.cue_at[k] + len(self.cue.ids):]
+                    finished = finished or self.cue.closed(self.lm.decode_text(after))
             elif finished and self._start_cue(k, chosen):
                 finished = False
             (done if finished else keep).append(k)
@@ -376,6 +376,8 @@ class DecodePool:
 
     def _limit_to_choices(self, logits: torch.Tensor) -> None:
         """(R, V) logits: a row with choices that has just been fed the whole cue picks among them."""
+        if self.cue is None or self.cue.choices is None:  # every decode step comes here: leave at once
+            return
         for k, allowed in enumerate(self.choices):
             if allowed and not self.feed[k] and len(self.out[k]) == self.cue_at[k] + len(self.cue.ids):
                 keep = logits[k, allowed].clone()
