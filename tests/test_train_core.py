@@ -161,6 +161,48 @@ def test_training_changes_every_adapter_and_not_the_base():
     assert not torch.equal(method.comm.weight, comm_before)
 
 
+def _lora_run(dtype, float32_products):
+    """Loss, LoRA gradients, LoRA weight dtypes and the dtypes of the LoRA layers' inputs, for one
+    perturbed-adapter trajectory loss on a tiny model in ``dtype``."""
+    model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=dtype)
+    lm = LM(model, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ad = AgentAdapters(lm, [a.name for a in SYSTEM.agents],
+                           LoraSettings(dropout=0.0, float32_products=float32_products))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ad.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    seen = set()
+    for name, module in model.named_modules():
+        if name.endswith(".lora_A.Planner"):
+            module.register_forward_hook(lambda mod, args, out: seen.add(args[0].dtype))
+    method = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=4), answer_format="Box it.", system=SYSTEM)
+    loss = trajectory_loss(method, QUESTIONS, TARGETS, ObjectiveConfig("full")).loss
+    loss.backward()
+    params = list(ad.parameters())
+    return loss.detach().float(), grads(params), {p.dtype for p in params}, seen
+
+
+def test_lora_products_run_in_the_models_dtype_on_float32_weights():
+    """By default a bfloat16 model's LoRA layers read their bfloat16 input as it is (PEFT would cast
+    every activation to float32) while the weights, and so their gradients, stay float32."""
+    loss, gs, weights, seen = _lora_run(torch.bfloat16, float32_products=False)
+    ref_loss, ref_gs, ref_weights, ref_seen = _lora_run(torch.bfloat16, float32_products=True)
+    assert weights == ref_weights == {torch.float32}
+    assert seen == {torch.bfloat16} and ref_seen == {torch.float32}
+    assert all(g is not None and g.dtype == torch.float32 for g in gs)
+    assert torch.allclose(loss, ref_loss, rtol=2e-2)
+    flat, ref_flat = torch.cat([g.flatten() for g in gs]), torch.cat([g.flatten() for g in ref_gs])
+    assert torch.nn.functional.cosine_similarity(flat, ref_flat, dim=0) > 0.98
+    # In a float32 model there is nothing to cast: both settings compute the same thing.
+    loss32, gs32, _, seen32 = _lora_run(torch.float32, float32_products=False)
+    ref32, ref_gs32, _, _ = _lora_run(torch.float32, float32_products=True)
+    assert seen32 == {torch.float32} and torch.equal(loss32, ref32)
+    assert all(torch.equal(a, b) for a, b in zip(gs32, ref_gs32))
+
+
 # -- (b) how far gradients reach -------------------------------------------------------------------
 
 

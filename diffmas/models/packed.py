@@ -46,6 +46,7 @@ class PackedLinear(nn.Linear):
     _packing_failed: bool
     _siblings: "FusedSiblings | None"
     _min_rows: int  # > 1: products of fewer rows are padded (batch-invariant inference, diffmas.models.exact)
+    _cast_weight: bool  # the weight is cast to the input's dtype, not the input to the weight's (LoRA)
 
     def _usable(self, x: torch.Tensor) -> bool:
         w = self.weight
@@ -85,9 +86,13 @@ class PackedLinear(nn.Linear):
             if packed is not None:
                 bias = None if self.bias is None else self.bias.detach()
                 return _product(x, packed, bias, self._transposed, self._min_rows)
+        weight, bias = self.weight, self.bias
+        if self._cast_weight and weight.dtype != x.dtype:  # differentiable: the gradient reaches the weight
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
         if self._min_rows > 1:
-            return at_least_rows(lambda rows: F.linear(rows, self.weight, self.bias), x, self._min_rows)
-        return F.linear(x, self.weight, self.bias)
+            return at_least_rows(lambda rows: F.linear(rows, weight, bias), x, self._min_rows)
+        return F.linear(x, weight, bias)
 
 
 def _frozen(layer: nn.Linear) -> bool:
@@ -146,6 +151,7 @@ def make_packed(module: nn.Linear, pack: bool = True) -> PackedLinear:
     module._packed_t = None
     module._siblings = None
     module._min_rows = 1
+    module._cast_weight = False
     return module
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.models.exact import is_batch_invariant, make_batch_invariant
+from diffmas.models.packed import PackedLinear, make_packed
 
 SHARED = "shared"  # the adapter name when all agents share one adapter
 
@@ -36,6 +37,9 @@ class LoraSettings:
     dropout: float = 0.05  # active only in train mode, like every dropout
     target_modules: list[str] | None = None  # None: the attention projections, detected
     shared: bool = False  # one adapter for all agents instead of one per agent
+    # True: PEFT's default, every input cast to the adapters' float32; False: the products run in
+    # the model's dtype on the float32 weights cast per call (AgentAdapters._products_in_model_dtype).
+    float32_products: bool = True
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -98,6 +102,8 @@ class AgentAdapters:
         for name in unique[1:]:
             self.peft_model.add_adapter(name, config)
         self._params = {name: self._collect(name) for name in unique}
+        if not settings.float32_products:
+            self._products_in_model_dtype()
         self.active: str | None = None
         self.activate(agents[0])
         lm.agent_hook = self.activate
@@ -115,6 +121,29 @@ class AgentAdapters:
                     if name in container:
                         params.extend(container[name].parameters())
         return params
+
+    def _products_in_model_dtype(self) -> None:
+        """Run the LoRA products in the dtype of their input (the model's) on float32 weights.
+
+        PEFT keeps adapter weights in float32, so the optimizer's small updates are not rounded
+        away, and casts each LoRA layer's input to float32: in a bfloat16 model that is a copy of
+        every (B, T, d) input for each adapted projection (q, k and v read the same input thrice)
+        and float32 products, forward and backward. Casting the (r, d) weights to the input's dtype
+        instead costs nearly nothing, and the gradient still reaches the float32 weights through the
+        cast; in a float32 model nothing changes. Not the default: on these CPUs bfloat16 products
+        of a few rows (latent and decoding steps) take a slower path than float32 ones, and a
+        training step was 1.2x slower this way (docs/PERFORMANCE.md); it is the usual choice on GPUs.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.peft_model.modules():
+            if isinstance(module, LoraLayer):
+                module.cast_input_dtype_enabled = False
+                for container in (module.lora_A, module.lora_B):
+                    for layer in container.values():
+                        if not isinstance(layer, PackedLinear):
+                            make_packed(layer, pack=False)
+                        layer._cast_weight = True
 
     @property
     def adapter_names(self) -> list[str]:

@@ -59,6 +59,8 @@ class TrainConfig(ModelConfig):
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
     lora_targets: list[str] | None = option(None, "module names to adapt (default: the attention projections)")
     shared_adapter: bool = option(False, "one LoRA shared by all agents instead of one per agent")
+    lora_float32: bool = option(True, "run the LoRA products in float32, inputs cast to it (PEFT's default; "
+                                "faster on CPU), not in the model's dtype; the LoRA weights are float32 either way")
     # -- objective ----------------------------------------------------------------------------
     grad_through: str = option("full", "how far gradients reach upstream: none | full | last_k",
                                choices=GRAD_THROUGH)
@@ -133,7 +135,7 @@ class TrainConfig(ModelConfig):
 
     def lora(self) -> LoraSettings:
         return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets,
-                            self.shared_adapter)
+                            self.shared_adapter, self.lora_float32)
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/train-{self.task}-{self.method}")
