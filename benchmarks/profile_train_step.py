@@ -3,6 +3,7 @@ pass of a DiffMAS (or single_sft) micro-batch on GSM8K, top operators by self CP
 
     DIFFMAS_DATA_DIR=../shared/data python benchmarks/profile_train_step.py                 # diffmas, batch 4
     DIFFMAS_DATA_DIR=../shared/data python benchmarks/profile_train_step.py --lora-dropout 0.05
+    DIFFMAS_DATA_DIR=../shared/data python benchmarks/profile_train_step.py --by-shape   # split by input shapes
 
 The first micro-batch is a warm-up; the second is profiled. Run it alone.
 """
@@ -27,6 +28,8 @@ def main() -> int:
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes (e.g. the "
+                   "attention of latent steps apart from that of prompts)")
     args = p.parse_args()
     cfg = TrainConfig(model=args.model, method=args.method, task="gsm8k", exclude_last=500,
                       batch_size=args.batch_size, max_steps=1, latent_steps=args.latent_steps,
@@ -37,14 +40,16 @@ def main() -> int:
     batch = trainer.items[: args.batch_size]
     for label in ("warm-up", "profiled"):
         trainer.optimizer.zero_grad(set_to_none=True)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
             t0 = time.perf_counter()
             out = trainer.loss(batch)
             t1 = time.perf_counter()
             out.loss.backward()
             t2 = time.perf_counter()
         print(f"{label}: forward {t1 - t0:.1f}s, backward {t2 - t1:.1f}s, {int(out.tokens.sum())} target tokens")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    table = prof.key_averages(group_by_input_shape=args.by_shape).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60, max_shapes_column_width=100)
+    print(table)
     return 0
 
 

@@ -245,6 +245,22 @@ def test_question_stated_once_is_trained_recorded_and_checked(model_dir, tmp_pat
     assert trainer.method.config.repeat_question is False  # the trained trajectories state it once
 
 
+def test_diffmas_prompts_default_to_those_it_was_trained_with(model_dir, tmp_path, capsys):
+    """Without --repeat-question / --no-repeat-question, diffmas states the question as its adapters
+    were trained (here: in every prompt), while latent_mas keeps stating it once."""
+    run = tmp_path / "repeat"
+    assert main(train_args(model_dir, run, "--max-steps", "1", "--repeat-question")) == 0
+    capsys.readouterr()
+    lm = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
+    method = SetupConfig(method="diffmas", model=model_dir, adapter=str(run / "final")).build_method(
+        lm, get_task("synthetic-arith"))
+    assert method.config.repeat_question is True
+    assert "prompts they were not trained on" not in capsys.readouterr().err
+    fresh = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
+    plain = SetupConfig(method="latent_mas", model=model_dir).build_method(fresh, get_task("synthetic-arith"))
+    assert not plain.config.repeat_question
+
+
 def test_eval_single_sft(model_dir, tmp_path):
     run = tmp_path / "sft"
     assert main(train_args(model_dir, run, "--method", "single_sft", "--max-steps", "1")) == 0

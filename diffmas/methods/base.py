@@ -30,10 +30,10 @@ class MethodConfig:
                              "least 4 times (a decoding loop); 0: off, else at least 16")
     # Stated once (the default), latent_mas on GSM8K's last 100 went from 4% to 10% and from 3.27 to
     # 1.88 s per problem, on ARC-Challenge dev from 18% to 28% (docs/RESULTS.md).
-    repeat_question: bool = option(False, "latent_mas / diffmas: state the question in every agent's prompt, as "
-                                   "LatentMAS does (default: only in the prompts of agents that cannot read it in "
-                                   "the shared cache; shorter traces; adapters expect the setting they were trained "
-                                   "with)")
+    repeat_question: bool | None = option(
+        None, "latent_mas / diffmas: state the question in every agent's prompt, as LatentMAS does (default: "
+        "latent_mas only in the prompts of agents that cannot read it in the shared cache, for shorter traces; "
+        "diffmas as its adapters were trained)")
     readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
 
     def __post_init__(self) -> None:

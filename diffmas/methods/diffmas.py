@@ -9,6 +9,7 @@ checkpoint. Without ``--system``/``--topology`` the system the adapters were tra
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from diffmas.agents import SystemSpec
 from diffmas.engine import LM
@@ -26,6 +27,13 @@ def open_checkpoint(method: str, adapter: str | None):
     return TrainedCheckpoint(adapter)
 
 
+def trained_repeat_question(checkpoint) -> bool:
+    """Whether the checkpoint's agents were trained with the question in every prompt."""
+    from diffmas.train.config import BEFORE_WRITTEN
+
+    return bool(checkpoint.manifest.get("repeat_question", BEFORE_WRITTEN["repeat_question"]))
+
+
 class DiffMAS(LatentMAS):
     name = "diffmas"
     needs_adapter = True
@@ -37,6 +45,9 @@ class DiffMAS(LatentMAS):
         if system is None:
             raise DiffMASError(f"{checkpoint.path} records no multi-agent system; pass --system")
         checkpoint.check(lm, self.name, [a.name for a in system.agents])
+        config = config or MethodConfig()
+        if config.repeat_question is None:  # not given: the prompts the adapters were trained on
+            config = replace(config, repeat_question=trained_repeat_question(checkpoint))
         super().__init__(lm, config, family=family, answer_format=answer_format, system=system, adapter=adapter)
         self.checkpoint = checkpoint
         self.adapters = checkpoint.attach(lm)
@@ -45,14 +56,12 @@ class DiffMAS(LatentMAS):
 
     def _note_differences(self) -> None:
         """Say where this run's settings differ from those the adapters were trained with."""
-        from diffmas.train.config import BEFORE_WRITTEN
-
         checkpoint, cfg = self.checkpoint, self.config
         trained = checkpoint.manifest.get("latent_steps")
         if trained is not None and trained != cfg.latent_steps:
             print(f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
                   f"{cfg.latent_steps} (--latent-steps)", file=sys.stderr)
-        repeat = checkpoint.manifest.get("repeat_question", BEFORE_WRITTEN["repeat_question"])
+        repeat = trained_repeat_question(checkpoint)
         if repeat != cfg.repeat_question:
             flags = ("--no-repeat-question", "--repeat-question")
             print(f"note: {checkpoint.path} was trained with {flags[repeat]}; running with {flags[not repeat]}, so "
