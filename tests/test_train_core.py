@@ -186,8 +186,9 @@ def _lora_run(dtype, float32_products):
 
 
 def test_lora_products_run_in_the_models_dtype_on_float32_weights():
-    """By default a bfloat16 model's LoRA layers read their bfloat16 input as it is (PEFT would cast
-    every activation to float32) while the weights, and so their gradients, stay float32."""
+    """With ``float32_products=False`` a bfloat16 model's LoRA layers read their bfloat16 input as it
+    is (PEFT, and the default, cast every input to float32) while the weights, and so their
+    gradients, stay float32."""
     loss, gs, weights, seen = _lora_run(torch.bfloat16, float32_products=False)
     ref_loss, ref_gs, ref_weights, ref_seen = _lora_run(torch.bfloat16, float32_products=True)
     assert weights == ref_weights == {torch.float32}
