@@ -77,6 +77,22 @@ def sides(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) 
     return [c for c in choices if c != "both"] if value == "both" else [value]
 
 
+def print_table(rows: list[dict], naive_rows: list[dict]) -> None:
+    """The rows as a table; each gets its speed-up over the naive row with the same prompts."""
+    print("| batch | dtype | grad. checkpointing | attention | linear layers | question | LoRA products "
+          "| trajectories/s | s/trajectory | vs naive | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        naive = next((n["s_per_trajectory"] for n in naive_rows if n["repeat_question"] == r["repeat_question"]), None)
+        r["speedup_vs_naive"] = naive / r["s_per_trajectory"] if naive else None
+        versus = f"{r['speedup_vs_naive']:.2f}x" if naive else "-"
+        print(f"| {r['batch_size']} | {r['dtype']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
+              f"{'matmul' if r['cpu_attention'] else 'fused SDPA'} | {'packed' if r['packed'] else 'F.linear'} | "
+              f"{'every agent' if r['repeat_question'] else 'once'} | {r.get('lora_products', 'float32')} | "
+              f"{r['trajectories_per_s']:.3f} | "
+              f"{r['s_per_trajectory']:.2f} | {versus} | {r['peak_rss_mb']:.0f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -147,19 +163,7 @@ def main() -> int:
               f"losses {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
     print(f"\n{args.model}, {args.method}, {args.task}, {args.latent_steps} latent steps, the same {trajectories} "
           "timed trajectories in every row\n")
-    naive_rows = rows[:len(repeats)] if args.naive_row else []
-    print("| batch | dtype | grad. checkpointing | attention | linear layers | question | LoRA products "
-          "| trajectories/s | s/trajectory | vs naive | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        naive = next((n["s_per_trajectory"] for n in naive_rows if n["repeat_question"] == r["repeat_question"]), None)
-        r["speedup_vs_naive"] = naive / r["s_per_trajectory"] if naive else None
-        versus = f"{r['speedup_vs_naive']:.2f}x" if naive else "-"
-        print(f"| {r['batch_size']} | {r['dtype']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
-              f"{'matmul' if r['cpu_attention'] else 'fused SDPA'} | {'packed' if r['packed'] else 'F.linear'} | "
-              f"{'every agent' if r['repeat_question'] else 'once'} | {r.get('lora_products', 'float32')} | "
-              f"{r['trajectories_per_s']:.3f} | "
-              f"{r['s_per_trajectory']:.2f} | {versus} | {r['peak_rss_mb']:.0f} |")
+    print_table(rows, rows[:len(repeats)] if args.naive_row else [])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "task": args.task, "rows": rows}, indent=2))
     print(f"\nwritten to {args.out}")
