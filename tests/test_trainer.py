@@ -256,6 +256,9 @@ def test_diffmas_prompts_default_to_those_it_was_trained_with(model_dir, tmp_pat
         lm, get_task("synthetic-arith"))
     assert method.config.repeat_question is True
     assert "prompts they were not trained on" not in capsys.readouterr().err
+    out = tmp_path / "ev"
+    assert main(eval_args(model_dir, out, "--method", "diffmas", "--adapter", str(run / "final"))) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["repeat_question"] is True  # as resolved
     fresh = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
     plain = SetupConfig(method="latent_mas", model=model_dir).build_method(fresh, get_task("synthetic-arith"))
     assert not plain.config.repeat_question
