@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_costs import measure  # noqa: E402
+from step_costs import measure, median_round  # noqa: E402
 
 from diffmas.engine import LM  # noqa: E402
 from diffmas.models import load_model  # noqa: E402
@@ -50,9 +49,7 @@ def main() -> int:
     print("| threads | batch | decode ms/step | decode tokens/s | latent ms/step | prefill tokens/s |")
     print("|---|---|---|---|---|---|")
     for (threads, batch), rs in sorted(runs.items()):
-        row = {"threads": threads, "batch": batch,
-               **{k: statistics.median(r[k] for r in rs)
-                  for k in ("decode_step_ms", "latent_step_ms", "prefill_tokens_per_s")}}
+        row = {"threads": threads, **median_round(rs)}
         rows.append(row)
         print(f"| {threads} | {batch} | {row['decode_step_ms']:.1f} | {batch * 1000 / row['decode_step_ms']:.1f} | "
               f"{row['latent_step_ms']:.1f} | {row['prefill_tokens_per_s']:.0f} |")

@@ -281,8 +281,8 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     total = len(loaded.examples) * cfg.samples
     lm = lm or cfg.load_lm()
     method = cfg.build_method(lm, task)
-    if cfg.repeat_question is None and getattr(method.config, "repeat_question", None) is not None:
-        cfg = replace(cfg, repeat_question=method.config.repeat_question)  # as resolved (diffmas: as trained)
+    if cfg.repeat_question is None:  # record it as resolved (diffmas: as its adapters were trained)
+        cfg = replace(cfg, repeat_question=method.config.repeat_question)
     torch.manual_seed(cfg.seed)
     todo: list[Example] = []
     cue = answer_cue(task, lm, lambda: todo) if cfg.answer_cue else None
