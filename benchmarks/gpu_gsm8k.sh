@@ -5,8 +5,9 @@
 #   DIFFMAS_DATA_DIR=../shared/data bash benchmarks/gpu_gsm8k.sh train OUT
 #   DIFFMAS_DATA_DIR=../shared/data bash benchmarks/gpu_gsm8k.sh eval OUT [METHOD ...]
 #
-# BATCH (default 64) sets the evaluation batch size and LIMIT (default: all 500) how many of the
-# held-out problems are evaluated.
+# BATCH (default 64) sets the evaluation batch size, LIMIT (default: all 500) how many of the
+# held-out problems are evaluated, DEVICE (default cuda) the torch device and PYTHON (default
+# python3) the interpreter that has diffmas installed.
 #
 # Each stage resumes where an earlier, interrupted call of it stopped (training from its latest
 # checkpoint, evaluation from its saved records), so it can be split over calls of limited length.
@@ -16,7 +17,8 @@ set -euo pipefail
 stage=${1:?train or eval}
 out=${2:?output directory}
 shift 2
-diffmas=(python3 -m diffmas)
+diffmas=("${PYTHON:-python3}" -m diffmas)
+device=${DEVICE:-cuda}
 batch=${BATCH:-64}
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
@@ -25,19 +27,22 @@ case $stage in
 train)
   resume=()
   [ -d "$out/train-diffmas/checkpoints" ] && resume=(--resume)
-  "${diffmas[@]}" train --config configs/gsm8k-qwen0.5b.yaml --device cuda --out "$out/train-diffmas" "${resume[@]}"
+  "${diffmas[@]}" train --config configs/gsm8k-qwen0.5b.yaml --device "$device" --out "$out/train-diffmas" "${resume[@]}"
   ;;
 eval)
   methods=("$@")
-  [ ${#methods[@]} -eq 0 ] && methods=(diffmas latent_mas single text_mas)
+  if [ ${#methods[@]} -eq 0 ]; then
+    methods=(latent_mas single text_mas)
+    [ -d "$out/train-diffmas/final" ] && methods=(diffmas "${methods[@]}")
+  fi
   for m in "${methods[@]}"; do
     extra=()
     [ "$m" = diffmas ] && extra=(--adapter "$out/train-diffmas/final")
     [ -f "$out/eval-$m/records.jsonl" ] && extra+=(--resume)
-    "${diffmas[@]}" eval --task gsm8k --split train --offset -500 --method "$m" --device cuda \
+    "${diffmas[@]}" eval --task gsm8k --split train --offset -500 --method "$m" --device "$device" \
       --batch-size "$batch" "${limit[@]}" --out "$out/eval-$m" "${extra[@]}"
   done
-  "${diffmas[@]}" compare "$out"/eval-*
+  "${diffmas[@]}" compare "$out"/eval-* --out "$out/compare"
   ;;
 *)
   echo "unknown stage $stage: train or eval" >&2
