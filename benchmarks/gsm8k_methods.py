@@ -34,8 +34,15 @@ from diffmas.report import ratio_lines, summary_table, warnings
 
 
 # Settings a method can be run with beside its default, named "METHOD/VARIANT" in --methods.
+# The latent designs (steps*, norealign, hier, duo, asked) are the experiments of docs/RESULTS.md, "What
+# untrained latent_mas is made of".
 VARIANTS = {"once": {"repeat_question": False}, "repeat": {"repeat_question": True},
-            "unsorted": {"by_length": False}, "bare": {"answer_cue": False}}
+            "unsorted": {"by_length": False}, "bare": {"answer_cue": False},
+            "steps0": {"latent_steps": 0}, "steps5": {"latent_steps": 5}, "steps20": {"latent_steps": 20},
+            "steps40": {"latent_steps": 40}, "norealign": {"realign": False},
+            "hier": {"topology": "hierarchical"},
+            "duo": {"system": str(Path(__file__).resolve().parents[1] / "configs/systems/planner-solver.yaml")},
+            "asked": {"system": str(Path(__file__).resolve().parents[1] / "configs/systems/judger-asked.yaml")}}
 
 
 def split_variant(label: str) -> tuple[str, dict]:
@@ -56,10 +63,14 @@ def main() -> int:
     p.add_argument("--task", default="gsm8k")
     p.add_argument("--split", default="train")
     p.add_argument("--last", type=int, default=100, help="evaluate the last N problems of the split")
+    p.add_argument("--skip-last", type=int, default=0, metavar="K",
+                   help="leave out the split's last K problems: evaluate the N before them (a second sample)")
     p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"],
                    help="methods; METHOD/VARIANT runs one with other settings: latent_mas/once is latent_mas "
                    "with --no-repeat-question, latent_mas/repeat with --repeat-question, METHOD/unsorted with "
-                   "--no-by-length")
+                   "--no-by-length; latent designs: latent_mas/steps0 (5, 20, 40): that many latent steps, "
+                   "/norealign: no realignment, /hier: the hierarchical system, /duo: "
+                   "configs/systems/planner-solver.yaml, /asked: configs/systems/judger-asked.yaml")
     p.add_argument("--topology", default="sequential")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--turn", type=int, default=48, help="problems each method answers before the next one's turn")
@@ -84,7 +95,7 @@ def main() -> int:
     # Trained adapters attach to a model: each trained method gets its own copy.
     lms = {m: LM(*load_model(args.model, dtype="bfloat16"), name=args.model) if m in adapters else lm
            for m in args.methods}
-    base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
+    base = EvalConfig(task=args.task, split=args.split, offset=-(args.last + args.skip_last), model=args.model,
                       topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps,
                       refill=args.refill, stop_loops=args.stop_loops, by_length=args.by_length)
@@ -97,9 +108,9 @@ def main() -> int:
         summaries = []
         for m in args.methods:
             name, variant = split_variant(m)
+            settings = {"topology": None if m in adapters else args.topology, **variant}
             summary = evaluate(replace(base, method=name, out=str(run_dir(args.out, m)),
-                                       limit=min(end, args.last), adapter=adapters.get(m),
-                                       topology=None if m in adapters else args.topology, resume=True, **variant),
+                                       limit=min(end, args.last), adapter=adapters.get(m), resume=True, **settings),
                                lm=lms[m], progress=False)
             summaries.append({**summary, "method": m})  # the variant's label in the tables and ratios
         print(f"-- {min(end, args.last)}/{args.last} problems\n{summary_table(summaries)}", flush=True)

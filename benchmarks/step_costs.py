@@ -5,6 +5,7 @@
     python benchmarks/step_costs.py --attention both   # matmul attention against the fused kernel
     python benchmarks/step_costs.py --fuse both        # q/k/v and gate/up as one product or three/two
     python benchmarks/step_costs.py --batch-invariant both --batch-size 1 8 16  # the price of exactness
+    python benchmarks/step_costs.py --growing-cache both --batch-size 1 8 16   # appends without re-copying
 
 Explains where latent_mas and text_mas spend their time: prefill is compute-bound, decode and
 latent steps are bound by reading the weights (a latent step skips the output head).
@@ -76,6 +77,9 @@ def main() -> int:
     p.add_argument("--batch-invariant", choices=["on", "off", "both"], default="off",
                    help="batch-invariant inference (diffmas.models.exact: attention summed in a per-row order, "
                    "products of few rows padded) or the default, or both side by side")
+    p.add_argument("--growing-cache", choices=["on", "off", "both"], default="on",
+                   help="traces that append into spare capacity (diffmas.cache.GrowingLayer, the default) or "
+                   "transformers' DynamicLayer (copies the whole trace at every append), or both side by side")
     p.add_argument("--out", default="benchmarks/results/step_costs.json")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds over every setting, interleaved; each row reports the median round")
@@ -85,12 +89,13 @@ def main() -> int:
     def sides(value: str) -> list[str]:
         return ["on", "off"] if value == "both" else [value]
 
-    variants = [(a, f, e) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
-                for f in sides(args.fuse) for e in sides(args.batch_invariant)]
+    variants = [(a, f, e, g) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
+                for f in sides(args.fuse) for e in sides(args.batch_invariant) for g in sides(args.growing_cache)]
     rounds: dict[tuple, list[dict]] = {}
     # Settings take turns within every round, so a slow spell of the machine hits them alike.
     for _ in range(args.repeats):
-        for attention, fuse, exact in variants:
+        for attention, fuse, exact, growing in variants:
+            lm.growing_cache = growing == "on"
             make_batch_invariant(lm.model, on=False)
             lm.model.set_attn_implementation(NAME if attention == "matmul" else "sdpa")
             make_batch_invariant(lm.model, on=exact == "on")
@@ -98,14 +103,16 @@ def main() -> int:
             measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation, dispatch and packing costs
             for b in args.batch_size:
                 for n in args.lengths:
-                    rounds.setdefault((attention, fuse, exact, b, n), []).append(measure(lm, b, n, args.steps))
-    rows = [dict(median_round(runs), attention=a, fused=f, batch_invariant=e)
-            for (a, f, e, _, _), runs in rounds.items()]
-    print("| attention | fused q/k/v, gate/up | batch-invariant | batch | cache length | prefill tok/s "
+                    rounds.setdefault((attention, fuse, exact, growing, b, n), []).append(
+                        measure(lm, b, n, args.steps))
+    rows = [dict(median_round(runs), attention=a, fused=f, batch_invariant=e, growing_cache=g)
+            for (a, f, e, g, _, _), runs in rounds.items()]
+    print("| attention | fused q/k/v, gate/up | batch-invariant | growing cache | batch | cache length | prefill tok/s "
           "| latent step ms | decode step ms | latent/decode |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['fused']} | {r['batch_invariant']} | {r['batch']} | {r['length']} | "
+        print(f"| {r['attention']} | {r['fused']} | {r['batch_invariant']} | {r['growing_cache']} | {r['batch']} | "
+              f"{r['length']} | "
               f"{r['prefill_tokens_per_s']:.0f} | "
               f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

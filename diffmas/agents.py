@@ -14,7 +14,7 @@ YAML form::
     agents:
       - {name: Planner, role: planner}
       - {name: Checker, role: critic, prompt: "You are a careful checker of the {noun}..."}
-      - {name: Judger, role: judger}
+      - {name: Judger, role: judger, question: true}   # latent methods: also state the question here
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class AgentSpec:
     prompt: str | None = None  # overrides the role's built-in instruction; may use {noun}
     max_new_tokens: int | None = None  # text agents: overrides the method's per-agent budget
     latent_steps: int | None = None  # latent agents: overrides the method's default
+    # Latent agents: state the question in this agent's prompt (True) or let it read the question
+    # in the shared cache (False); None: the method's rule (its repeat_question setting).
+    question: bool | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is None and self.role not in ROLE_PROMPTS:

@@ -102,6 +102,9 @@ class LM:
         # state (the active LoRA adapter, see diffmas.train.adapters) follows the agent that
         # writes each column of the trace. None: one model for every agent.
         self.agent_hook: Callable[[str], None] | None = None
+        # Traces append into spare capacity (diffmas.cache.GrowingLayer); False: transformers'
+        # DynamicLayer, which copies the whole trace at every append (benchmarks/step_costs.py).
+        self.growing_cache = True
         if tokenizer.pad_token_id is not None:
             self.pad_id = tokenizer.pad_token_id
         elif len(self.stop_ids):
@@ -118,7 +121,7 @@ class LM:
         return self.head.weight.dtype
 
     def new_cache(self, batch_size: int) -> SharedKVCache:
-        return SharedKVCache(batch_size, self.device, config=self.model.config)
+        return SharedKVCache(batch_size, self.device, config=self.model.config, growing=self.growing_cache)
 
     # -- text <-> ids ---------------------------------------------------------------------
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
+import torch
 
 from diffmas.agents import BUILTIN_SYSTEMS, load_system
 from diffmas.config import add_arguments, from_args
+from diffmas.engine import LM
 from diffmas.errors import DiffMASError, UnknownNameError
 from diffmas.evaluate import EvalConfig
+from diffmas.methods import LatentMAS, MethodConfig
 
 
 def parse(argv, yaml_path=None):
@@ -74,3 +78,22 @@ def test_bad_systems_are_rejected(tmp_path):
     bad.write_text("agents:\n  - {name: A, role: planner, steps: 3}\n")
     with pytest.raises(DiffMASError, match="unknown key 'steps'"):
         load_system(str(bad))
+
+
+def test_agents_told_the_question_by_their_system(tiny_qwen, tmp_path):
+    """question: true states it to that agent as well; false where nothing else states it is an error."""
+    lm, question = LM(*tiny_qwen), "Tom has 17 apples and gives 5 away. How many are left?"
+    root = Path(__file__).resolve().parents[1]
+    asked = []
+    for system in (load_system("sequential"), load_system(str(root / "configs/systems/judger-asked.yaml"))):
+        method = LatentMAS(lm, MethodConfig(latent_steps=1, max_new_tokens=2), answer_format="Box it.", system=system)
+        asked.append([question in lm.tokenizer.decode(p[0]) for p in method.build_prompts([question])])
+        with torch.no_grad():
+            assert method.run([question])[0].final_text is not None
+    assert asked == [[True, False, False, False], [True, False, False, True]]
+    planner_unasked = tmp_path / "unasked.yaml"
+    planner_unasked.write_text("agents:\n  - {name: Planner, role: planner, question: false}\n"
+                               "  - {name: Judger, role: judger}\n")
+    method = LatentMAS(lm, MethodConfig(), answer_format="Box it.", system=load_system(str(planner_unasked)))
+    with pytest.raises(DiffMASError, match="Planner has question: false"):
+        method.build_prompts([question])

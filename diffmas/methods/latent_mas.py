@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from diffmas.cache import SharedKVCache
+from diffmas.errors import DiffMASError
 from diffmas.latent import LatentMap, Realigner, run_latent_steps
 from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
 from diffmas.prompts import agent_messages
@@ -57,7 +58,11 @@ class LatentMAS(Method):
         system, n = self.system, len(self.system.agents)
         prompts, asks = [], []  # asks[j]: whether agent j's prompt states the question
         for j, agent in enumerate(system.agents):
-            asks.append(self.config.repeat_question or not any(asks[i] for i in system.sees(j)))
+            unseen = not any(asks[i] for i in system.sees(j))  # no prompt it reads states the question
+            if agent.question is False and unseen:
+                raise DiffMASError(f"agent {agent.name} has question: false, but no agent whose work it reads "
+                                   "is given the question: it would have no way to read it")
+            asks.append(agent.question if agent.question is not None else bool(self.config.repeat_question) or unseen)
             messages = [
                 agent_messages(
                     agent.instruction(self.family), q if asks[j] else None, final=j == n - 1,
