@@ -63,8 +63,6 @@ def main() -> int:
     p.add_argument("--task", default="gsm8k")
     p.add_argument("--split", default="train")
     p.add_argument("--last", type=int, default=100, help="evaluate the last N problems of the split")
-    p.add_argument("--skip-last", type=int, default=0, metavar="K",
-                   help="leave out the split's last K problems: evaluate the N before them (a second sample)")
     p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"],
                    help="methods; METHOD/VARIANT runs one with other settings: latent_mas/once is latent_mas "
                    "with --no-repeat-question, latent_mas/repeat with --repeat-question, METHOD/unsorted with "
@@ -95,7 +93,7 @@ def main() -> int:
     # Trained adapters attach to a model: each trained method gets its own copy.
     lms = {m: LM(*load_model(args.model, dtype="bfloat16"), name=args.model) if m in adapters else lm
            for m in args.methods}
-    base = EvalConfig(task=args.task, split=args.split, offset=-(args.last + args.skip_last), model=args.model,
+    base = EvalConfig(task=args.task, split=args.split, offset=-args.last, model=args.model,
                       topology=args.topology, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       agent_max_new_tokens=args.agent_max_new_tokens, latent_steps=args.latent_steps,
                       refill=args.refill, stop_loops=args.stop_loops, by_length=args.by_length)
