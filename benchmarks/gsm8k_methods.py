@@ -33,6 +33,8 @@ from diffmas.models import load_model
 from diffmas.report import ratio_lines, summary_table, warnings
 
 
+SYSTEMS = Path(__file__).resolve().parents[1] / "configs" / "systems"
+
 # Settings a method can be run with beside its default, named "METHOD/VARIANT" in --methods.
 # The latent designs (steps*, norealign, hier, duo, asked) are the experiments of docs/RESULTS.md, "What
 # untrained latent_mas is made of".
@@ -41,8 +43,8 @@ VARIANTS = {"once": {"repeat_question": False}, "repeat": {"repeat_question": Tr
             "steps0": {"latent_steps": 0}, "steps5": {"latent_steps": 5}, "steps20": {"latent_steps": 20},
             "steps40": {"latent_steps": 40}, "norealign": {"realign": False},
             "hier": {"topology": "hierarchical"},
-            "duo": {"system": str(Path(__file__).resolve().parents[1] / "configs/systems/planner-solver.yaml")},
-            "asked": {"system": str(Path(__file__).resolve().parents[1] / "configs/systems/judger-asked.yaml")}}
+            "duo": {"system": str(SYSTEMS / "planner-solver.yaml")},
+            "asked": {"system": str(SYSTEMS / "judger-asked.yaml")}}
 
 
 def split_variant(label: str) -> tuple[str, dict]:

@@ -287,7 +287,7 @@ class GrowingLayer(DynamicLayer):
             return
         for name in ("keys", "values"):
             view = getattr(self, name)
-            if self._in_buffer(name) and not view.requires_grad:
+            if self._in_buffer(name):  # buffered views are written without gradients, never require them
                 self.buffers[name] = self.buffers[name][indices]
                 self.views[name] = self.buffers[name][:, :, : view.shape[-2]]
                 setattr(self, name, self.views[name])
