@@ -19,13 +19,20 @@ more with attention of one-token queries as plain matrix products
 projections (q/k/v, gate/up) as one product each (:func:`diffmas.models.packed.fuse_sibling_layers`,
 also a default),
 
+then the default decode step and latent step (which reads no output head) each split in two:
+their packed products replayed alone, and everything else (the step with each product's output
+taken from a table: norms, rotary embeddings, attention, cache appends, masks, Python). The
+products alone bound what any loop around them can reach;
+
 and the bandwidth bound (weight bytes per token / copy bandwidth) for scale. Run it alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import copy_bandwidth, weight_bytes_per_token  # noqa: E402
 
 from diffmas.engine import LM  # noqa: E402
+from diffmas.latent import Realigner, run_latent_steps  # noqa: E402
 from diffmas.models import build_tiny_model, load_model  # noqa: E402
+from diffmas.models import packed as packed_module  # noqa: E402
 from diffmas.models.attention import use_cpu_attention  # noqa: E402
 from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers  # noqa: E402
 
@@ -113,13 +122,103 @@ def engine_decode_ms(lm: LM, length: int, steps: int) -> float:
     return 1000 * min(times) / steps
 
 
-def main() -> int:
+@contextlib.contextmanager
+def products_replaced(replacement):
+    """Every packed product (``diffmas.models.packed._product``) goes through ``replacement(real,
+    x, packed, bias, transposed, min_rows)`` instead, ``real`` being the product itself."""
+    real = packed_module._product
+    packed_module._product = lambda *a: replacement(real, *a)
+    try:
+        yield
+    finally:
+        packed_module._product = real
+
+
+def _step_runner(lm: LM, length: int, kind: str):
+    """A function running ``n`` steps of ``kind`` after a fresh prefill; it sets ``.elapsed``
+    to the steps' wall time (the prefill not counted)."""
+    ids = prompt(lm, length)[0].tolist()
+    realigner = Realigner.for_lm(lm)
+
+    def run(n: int) -> None:
+        cache = lm.new_cache(1)
+        hidden = lm.prefill(cache, "A", [ids])
+        stop, lm.stop_ids = lm.stop_ids, torch.tensor([], dtype=torch.long)  # decode every step
+        try:
+            t0 = time.perf_counter()
+            if kind == "decode":
+                lm.decode(cache, "A", hidden, n + 1)  # the last token needs no forward
+            else:
+                run_latent_steps(lm, cache, "A", hidden, n, realigner)
+            run.elapsed = time.perf_counter() - t0
+        finally:
+            lm.stop_ids = stop
+
+    return run
+
+
+def one_step_products(lm: LM, length: int, kind: str) -> list[tuple]:
+    """The packed products of one step of ``kind``, in order: (input, packed weight, bias)."""
+    calls = []
+
+    def record(real, x, packed, bias, transposed, min_rows=1):
+        calls.append((x.clone(), packed, bias))
+        return real(x, packed, bias, transposed, min_rows)
+
+    with products_replaced(record):
+        _step_runner(lm, length, kind)(1)
+    # The prefill's products, then one step's (decode: the head's for the prefill's last token,
+    # the step's, the head's for its own token): the second half is one step.
+    return calls[len(calls) // 2:]
+
+
+def step_split_ms(lm: LM, length: int, steps: int, kind: str) -> tuple[float, float, float]:
+    """One default step of ``kind`` ("decode" or "latent") at batch 1 split in three, ms per step:
+    the whole step, its packed products replayed alone (the same inputs and weights, in the same
+    order), and the step with every product answered from a table of earlier outputs of the right
+    shape (so everything but the products: norms, rotary embeddings, attention, cache appends,
+    masks, Python)."""
+    run = _step_runner(lm, length, kind)
+
+    def timed(n: int) -> float:
+        times = []
+        for _ in range(3):
+            run(n)
+            times.append(run.elapsed)
+        return 1000 * min(times) / n
+
+    whole = timed(steps)
+    step_calls = one_step_products(lm, length, kind)
+
+    def replay() -> None:
+        for _ in range(steps):
+            for x, w, b in step_calls:
+                torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    products = 1000 * best_of(replay, 3) / steps
+    table: dict = {}
+
+    def answered(real, x, packed, bias, transposed, min_rows=1):
+        key = (tuple(x.shape), id(packed))
+        if key not in table:
+            table[key] = real(x, packed, bias, transposed, min_rows)
+        return table[key]
+
+    with products_replaced(answered):
+        run(2)  # fills the table
+        rest = timed(steps)
+    return whole, products, rest
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="a model name, or 'tiny'")
     p.add_argument("--length", type=int, default=150, help="cache length before decoding")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--split-rounds", type=int, default=3,
+                   help="rounds of the decode/latent split (products alone, everything else)")
     p.add_argument("--out", default="benchmarks/results/decode_overhead.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     lm = LM(*build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16), name="tiny") if args.model == "tiny" \
         else LM(*load_model(args.model, dtype="bfloat16", packed=False, cpu_attention=False), name=args.model)
     bound_ms = 1000 * weight_bytes_per_token(lm) / copy_bandwidth()
@@ -143,13 +242,30 @@ def main() -> int:
         engine_decode_ms(lm, 16, 4)  # warm-up: packs the fused weights
         rows["engine decode, packed + matmul attention + fused q/k/v, gate/up"] = engine_decode_ms(
             lm, args.length, args.steps)
+        # Rounds alternate the two kinds of step; the table shows each figure's median over them.
+        rounds = [{kind: step_split_ms(lm, args.length, args.steps, kind) for kind in ("decode", "latent")}
+                  for _ in range(args.split_rounds)]
+        split = {kind: tuple(statistics.median(r[kind][i] for r in rounds) for i in range(3))
+                 for kind in ("decode", "latent")}
+        for kind, (whole, products, rest) in split.items():
+            rows[f"default {kind} step (the last row's setup)"] = whole
+            rows[f"{kind} step: its products alone"] = products
+            rows[f"{kind} step: everything but its products"] = rest
     print(f"{lm.name}, {torch.get_num_threads()} threads, cache length {args.length}, batch 1\n")
     print("| what | ms/token | tokens/s | share of bound |\n|---|---|---|---|")
     for name, ms in rows.items():
         print(f"| {name} | {ms:.1f} | {1000 / ms:.1f} | {100 * bound_ms / ms:.0f}% |")
+    print(f"\nthe split, round by round (ms: whole step / products alone / everything else; {len(rounds)} rounds):")
+    for r in rounds:
+        (dw, dp, dr), (lw, lp, lr) = r["decode"], r["latent"]
+        print(f"  decode {dw:.1f} / {dp:.1f} / {dr:.1f}   latent {lw:.1f} / {lp:.1f} / {lr:.1f}   "
+              f"latent/decode: whole {lw / dw:.2f}, products {lp / dp:.2f}, the rest {lr / dr:.2f}; "
+              f"decode products + rest = {(dp + dr) / dw:.2f}x the whole step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "threads": torch.get_num_threads(),
-                                          "ms_per_token": rows}, indent=2))
+                                          "ms_per_token": rows, "step_split_rounds_ms": [
+                                              {k: dict(zip(("whole", "products", "rest"), v)) for k, v in r.items()}
+                                              for r in rounds]}, indent=2))
     return 0
 
 

@@ -40,8 +40,8 @@ SYSTEMS = Path(__file__).resolve().parents[1] / "configs" / "systems"
 # untrained latent_mas is made of".
 VARIANTS = {"once": {"repeat_question": False}, "repeat": {"repeat_question": True},
             "unsorted": {"by_length": False}, "bare": {"answer_cue": False},
-            "steps0": {"latent_steps": 0}, "steps5": {"latent_steps": 5}, "steps20": {"latent_steps": 20},
-            "steps40": {"latent_steps": 40}, "norealign": {"realign": False},
+            "steps0": {"latent_steps": 0}, "steps3": {"latent_steps": 3}, "steps5": {"latent_steps": 5},
+            "steps20": {"latent_steps": 20}, "steps40": {"latent_steps": 40}, "norealign": {"realign": False},
             "hier": {"topology": "hierarchical"},
             "duo": {"system": str(SYSTEMS / "planner-solver.yaml")},
             "asked": {"system": str(SYSTEMS / "judger-asked.yaml")}}
