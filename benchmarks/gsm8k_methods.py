@@ -68,7 +68,7 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=["single", "text_mas", "latent_mas"],
                    help="methods; METHOD/VARIANT runs one with other settings: latent_mas/once is latent_mas "
                    "with --no-repeat-question, latent_mas/repeat with --repeat-question, METHOD/unsorted with "
-                   "--no-by-length; latent designs: latent_mas/steps0 (5, 20, 40): that many latent steps, "
+                   "--no-by-length; latent designs: latent_mas/steps0 (3, 5, 20, 40): that many latent steps, "
                    "/norealign: no realignment, /hier: the hierarchical system, /duo: "
                    "configs/systems/planner-solver.yaml, /asked: configs/systems/judger-asked.yaml")
     p.add_argument("--topology", default="sequential")

@@ -23,14 +23,13 @@ from diffmas.models import load_model
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
             "May. How many clips did Natalia sell altogether in April and May?")
 PLANNER = "You are the Planner. Write a step-by-step plan for the question.\n\nQuestion: {question}"
-JUDGER = ("You are the Judger. Solve the question step by step. Put the final numerical answer in "
-          "\\boxed{{}}.")
+JUDGER = "You are the Judger. Solve the question step by step. Put the final numerical answer in \\boxed{}."
 
 
 def probe(lm: LM, question: str, steps: int, tokens: int) -> tuple[list[str], str]:
     """(the readout of each latent vector, the judger's text) after ``steps`` latent steps."""
     planner = lm.chat_ids([{"role": "user", "content": PLANNER.format(question=question)}])
-    judger = lm.chat_ids([{"role": "user", "content": JUDGER.format()}])
+    judger = lm.chat_ids([{"role": "user", "content": JUDGER}])
     with torch.inference_mode():
         cache = lm.new_cache(1)
         hidden = lm.prefill(cache, "planner", [planner])
