@@ -17,7 +17,7 @@ It measures, in one process:
    same trajectories (benchmarks/train_throughput.py, each in a child process so that its memory is
    its own), unless --skip-training.
 
-It writes JSON and prints a table. Run it alone: on 2 cores anything else running changes it.
+It writes JSON and prints a table. Run it alone: anything else running changes it.
 Targets of the performance issue are printed beside the measurements; they are never asserted in tests.
 """
 
@@ -79,11 +79,14 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=16, help="decode / latent steps timed per measurement")
     p.add_argument("--adapter", nargs="*", default=[], metavar="METHOD=DIR")
     p.add_argument("--skip-training", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/bench.json")
+    p.add_argument("--out", default="benchmarks/results/speed-report-qwen0.5b.json")
     args = p.parse_args()
     tiny = args.model == "tiny"
-    lm = LM(*build_tiny_model("qwen2", seed=0), name="tiny") if tiny else \
-        LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+    lm = (
+        LM(*build_tiny_model("qwen2", seed=0), name="tiny")
+        if tiny
+        else LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
+    )
     report: dict = {"model": lm.name, "threads": torch.get_num_threads(), "torch": torch.__version__}
     step_costs(lm, 1, 16, 3)  # warm-up
 
@@ -91,33 +94,69 @@ def main() -> int:
     per_token = weight_bytes_per_token(lm)
     rates = {b: decode_rate(lm, b, args.steps) for b in (1, 8, 16)}
     bound = bandwidth / per_token
-    report["bandwidth"] = {"copy_bytes_per_s": bandwidth, "weight_bytes_per_token": per_token,
-                           "bound_tokens_per_s": bound, "decode_tokens_per_s": rates,
-                           "batch1_share_of_bound": rates[1] / bound}
+    report["bandwidth"] = {
+        "copy_bytes_per_s": bandwidth,
+        "weight_bytes_per_token": per_token,
+        "bound_tokens_per_s": bound,
+        "decode_tokens_per_s": rates,
+        "batch1_share_of_bound": rates[1] / bound,
+    }
     report["steps"] = [step_costs(lm, b, n, args.steps) for b in (1, 8) for n in (150, 700)]
 
     adapters = dict(item.split("=", 1) for item in args.adapter)
     methods = ["single", "text_mas", "latent_mas", *adapters]
     model_arg = "tiny" if tiny else args.model
-    base = EvalConfig(task=args.task, split="test", model=model_arg, limit=args.problems, batch_size=args.batch_size,
-                      topology="sequential", out="/tmp/diffmas-bench")
+    base = EvalConfig(
+        task=args.task,
+        split="test",
+        model=model_arg,
+        limit=args.problems,
+        batch_size=args.batch_size,
+        topology="sequential",
+        out="/tmp/diffmas-bench",
+    )
     summaries = []
     for method in methods:
         run_lm = lm if method not in adapters else LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
-        cfg = replace(base, method=method, adapter=adapters.get(method), out=f"/tmp/diffmas-bench-{time.time_ns()}",
-                      topology=None if method in adapters else "sequential")
+        cfg = replace(
+            base,
+            method=method,
+            adapter=adapters.get(method),
+            out=f"/tmp/diffmas-bench-{time.time_ns()}",
+            topology=None if method in adapters else "sequential",
+        )
         summaries.append(evaluate(cfg, lm=run_lm, progress=False))
-    report["methods"] = {s["method"]: {k: s[k] for k in ("accuracy", "mean_generated_tokens", "mean_seconds",
-                                                         "mean_prompt_tokens")} for s in summaries}
+    report["methods"] = {
+        s["method"]: {k: s[k] for k in ("accuracy", "mean_generated_tokens", "mean_seconds", "mean_prompt_tokens")}
+        for s in summaries
+    }
     if not args.skip_training and not tiny:
         # The trainer's defaults against the brief's naive loop (batch 1, F.linear, fused attention,
         # PEFT's float32 LoRA products), timed on the same trajectories in this run.
-        proc = subprocess.run([sys.executable, str(Path(__file__).parent / "train_throughput.py"), "--model",
-                               args.model, "--steps", "1", "--naive-row", "--no-checkpointing-row",
-                               "--repeat-question", "off", "--out", "/tmp/diffmas-bench-train.json"],
-                              capture_output=True, text=True, check=False)
-        report["training"] = json.loads(Path("/tmp/diffmas-bench-train.json").read_text()) \
-            if proc.returncode == 0 else {"error": proc.stderr[-1000:]}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).parent / "train_throughput.py"),
+                "--model",
+                args.model,
+                "--steps",
+                "1",
+                "--naive-row",
+                "--no-checkpointing-row",
+                "--repeat-question",
+                "off",
+                "--out",
+                "/tmp/diffmas-bench-train.json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        report["training"] = (
+            json.loads(Path("/tmp/diffmas-bench-train.json").read_text())
+            if proc.returncode == 0
+            else {"error": proc.stderr[-1000:]}
+        )
     print_report(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
@@ -128,15 +167,24 @@ def main() -> int:
 def print_report(report: dict) -> None:
     bw = report["bandwidth"]
     print(f"\n{report['model']}, {report['threads']} threads, torch {report['torch']}")
-    print(f"copy bandwidth {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s; {bw['weight_bytes_per_token'] / 1e6:.0f} MB of "
-          f"weights per token -> bound {bw['bound_tokens_per_s']:.1f} tokens/s at batch 1")
-    print("decode tokens/s: " + ", ".join(f"batch {b}: {r:.1f}" for b, r in bw["decode_tokens_per_s"].items())
-          + f"; batch 1 is {100 * bw['batch1_share_of_bound']:.0f}% of the bound (target >= 70%)")
-    print("\n| batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode (target <= 0.8) |")
+    print(
+        f"copy bandwidth {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s; {bw['weight_bytes_per_token'] / 1e6:.0f} MB of "
+        f"weights per token -> bound {bw['bound_tokens_per_s']:.1f} tokens/s at batch 1"
+    )
+    print(
+        "decode tokens/s: "
+        + ", ".join(f"batch {b}: {r:.1f}" for b, r in bw["decode_tokens_per_s"].items())
+        + f"; batch 1 is {100 * bw['batch1_share_of_bound']:.0f}% of the bound (target >= 70%)"
+    )
+    print(
+        "\n| batch | cache length | prefill tok/s | latent step ms | decode step ms | latent/decode (target <= 0.8) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in report["steps"]:
-        print(f"| {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | {r['latent_step_ms']:.1f} | "
-              f"{r['decode_step_ms']:.1f} | {r['latent_over_decode']:.2f} |")
+        print(
+            f"| {r['batch']} | {r['length']} | {r['prefill_tokens_per_s']:.0f} | {r['latent_step_ms']:.1f} | "
+            f"{r['decode_step_ms']:.1f} | {r['latent_over_decode']:.2f} |"
+        )
     print("\n| method | accuracy | gen tokens/problem | s/problem |\n|---|---|---|---|")
     for name, m in report["methods"].items():
         print(f"| {name} | {100 * m['accuracy']:.1f}% | {m['mean_generated_tokens']:.1f} | {m['mean_seconds']:.2f} |")
@@ -144,20 +192,30 @@ def print_report(report: dict) -> None:
     if "latent_mas" in ms and "text_mas" in ms and ms["latent_mas"]["mean_seconds"]:
         speed = ms["text_mas"]["mean_seconds"] / ms["latent_mas"]["mean_seconds"]
         fewer = 1 - ms["latent_mas"]["mean_generated_tokens"] / max(ms["text_mas"]["mean_generated_tokens"], 1e-9)
-        print(f"latent_mas vs text_mas: {speed:.2f}x faster (target >= 5x), {100 * fewer:.1f}% fewer tokens "
-              f"(target >= 85%), accuracy {100 * ms['latent_mas']['accuracy']:.1f}% against "
-              f"{100 * ms['text_mas']['accuracy']:.1f}% (target: equal or better)")
+        print(
+            f"latent_mas vs text_mas: {speed:.2f}x faster (target >= 5x), {100 * fewer:.1f}% fewer tokens "
+            f"(target >= 85%), accuracy {100 * ms['latent_mas']['accuracy']:.1f}% against "
+            f"{100 * ms['text_mas']['accuracy']:.1f}% (target: equal or better)"
+        )
     if "error" in report.get("training", {}):
-        print("training throughput was not measured; benchmarks/train_throughput.py failed with:\n"
-              + report["training"]["error"].strip().splitlines()[-1])
+        print(
+            "training throughput was not measured; benchmarks/train_throughput.py failed with:\n"
+            + report["training"]["error"].strip().splitlines()[-1]
+        )
     if "training" in report:
         rows = report["training"].get("rows", [])
         naive = next((r for r in rows if r["batch_size"] == 1 and not r["packed"]), None)
         for r in rows:
-            what = ("the naive loop" if r is naive else
-                    f"the trainer, batch {r['batch_size']}, checkpointing {r['gradient_checkpointing']}")
-            versus = "" if r is naive or not r.get("speedup_vs_naive") else \
-                f", {r['speedup_vs_naive']:.2f}x the naive loop on the same trajectories (target >= 2x)"
+            what = (
+                "the naive loop"
+                if r is naive
+                else f"the trainer, batch {r['batch_size']}, checkpointing {r['gradient_checkpointing']}"
+            )
+            versus = (
+                ""
+                if r is naive or not r.get("speedup_vs_naive")
+                else f", {r['speedup_vs_naive']:.2f}x the naive loop on the same trajectories (target >= 2x)"
+            )
             print(f"training, {what}: {r['s_per_trajectory']:.2f} s/trajectory{versus}")
 
 

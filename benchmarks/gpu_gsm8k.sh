@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GSM8K on one CUDA GPU: train DiffMAS with configs/gsm8k-qwen0.5b.yaml, then evaluate every method
-# on the 500 held-out train problems (what docs/RESULTS.md reports for the CPU runs).
+# on the 500 held-out train problems (what docs/results.md reports for the CPU runs).
 #
 #   DIFFMAS_DATA_DIR=../shared/data bash benchmarks/gpu_gsm8k.sh train OUT
 #   DIFFMAS_DATA_DIR=../shared/data bash benchmarks/gpu_gsm8k.sh eval OUT [METHOD ...]

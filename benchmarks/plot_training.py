@@ -30,7 +30,7 @@ def main() -> int:
         label = json.loads((Path(run) / "train_config.json").read_text())["method"]
         ax.plot(steps, loss, alpha=0.3)
         w = max(1, args.smooth)
-        smooth = [sum(loss[max(0, i - w + 1): i + 1]) / len(loss[max(0, i - w + 1): i + 1]) for i in range(len(loss))]
+        smooth = [sum(loss[max(0, i - w + 1) : i + 1]) / len(loss[max(0, i - w + 1) : i + 1]) for i in range(len(loss))]
         ax.plot(steps, smooth, label=f"{label} ({w}-step mean)", color=ax.lines[-1].get_color())
     ax.set_xlabel("optimizer step (16 GSM8K problems each)")
     ax.set_ylabel("teacher-forced cross-entropy of the reference")

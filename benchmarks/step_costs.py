@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
+from diffmas.decoding import decode
 from diffmas.engine import LM
+from diffmas.kernels.attention import NAME
+from diffmas.kernels.exact import make_batch_invariant
+from diffmas.kernels.packed import fuse_sibling_layers
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.models import load_model
-from diffmas.models.attention import NAME
-from diffmas.models.exact import make_batch_invariant
-from diffmas.models.packed import fuse_sibling_layers
 
 
 def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
@@ -45,13 +46,18 @@ def measure(lm: LM, batch: int, length: int, steps: int) -> dict:
         stop, lm.stop_ids = lm.stop_ids, torch.tensor([], dtype=torch.long)
         try:
             t0 = time.perf_counter()
-            lm.decode(cache, "A", hidden, steps)
-            decode = (time.perf_counter() - t0) / (steps - 1)  # the last token needs no forward
+            decode(lm, cache, "A", hidden, steps)
+            decoding = (time.perf_counter() - t0) / (steps - 1)  # the last token needs no forward
         finally:
             lm.stop_ids = stop
-    return {"batch": batch, "length": length, "prefill_tokens_per_s": batch * length / prefill,
-            "latent_step_ms": 1000 * latent, "decode_step_ms": 1000 * decode,
-            "latent_over_decode": latent / decode}
+    return {
+        "batch": batch,
+        "length": length,
+        "prefill_tokens_per_s": batch * length / prefill,
+        "latent_step_ms": 1000 * latent,
+        "decode_step_ms": 1000 * decoding,
+        "latent_over_decode": latent / decoding,
+    }
 
 
 def median_round(runs: list[dict]) -> dict:
@@ -68,29 +74,54 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     p.add_argument("--lengths", type=int, nargs="+", default=[150, 700])
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--attention", choices=["matmul", "sdpa", "both"], default="matmul",
-                   help="attention of one-token queries: matmul (diffmas.models.attention, the CPU default), "
-                   "the fused SDPA kernel, or both side by side")
-    p.add_argument("--fuse", choices=["on", "off", "both"], default="on",
-                   help="sibling projections (q/k/v, gate/up) as one product (diffmas.models.packed, the CPU "
-                   "default) or one product each, or both side by side")
-    p.add_argument("--batch-invariant", choices=["on", "off", "both"], default="off",
-                   help="batch-invariant inference (diffmas.models.exact: attention summed in a per-row order, "
-                   "products of few rows padded) or the default, or both side by side")
-    p.add_argument("--growing-cache", choices=["on", "off", "both"], default="on",
-                   help="traces that append into spare capacity (diffmas.cache.GrowingLayer, the default) or "
-                   "transformers' DynamicLayer (copies the whole trace at every append), or both side by side")
-    p.add_argument("--out", default="benchmarks/results/step_costs.json")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="rounds over every setting, interleaved; each row reports the median round")
+    p.add_argument(
+        "--attention",
+        choices=["matmul", "sdpa", "both"],
+        default="matmul",
+        help="attention of one-token queries: matmul (diffmas.kernels.attention, the CPU default), "
+        "the fused SDPA kernel, or both side by side",
+    )
+    p.add_argument(
+        "--fuse",
+        choices=["on", "off", "both"],
+        default="on",
+        help="sibling projections (q/k/v, gate/up) as one product (diffmas.kernels.packed, the CPU "
+        "default) or one product each, or both side by side",
+    )
+    p.add_argument(
+        "--batch-invariant",
+        choices=["on", "off", "both"],
+        default="off",
+        help="batch-invariant inference (diffmas.kernels.exact: attention summed in a per-row order, "
+        "products of few rows padded) or the default, or both side by side",
+    )
+    p.add_argument(
+        "--growing-cache",
+        choices=["on", "off", "both"],
+        default="on",
+        help="traces that append into spare capacity (diffmas.kv_trace.GrowingLayer, the default) or "
+        "transformers' DynamicLayer (copies the whole trace at every append), or both side by side",
+    )
+    p.add_argument("--out", default="benchmarks/results/step-costs-qwen0.5b.json")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds over every setting, interleaved; each row reports the median round",
+    )
     args = p.parse_args()
     lm = LM(*load_model(args.model, dtype="bfloat16"), name=args.model)
 
     def sides(value: str) -> list[str]:
         return ["on", "off"] if value == "both" else [value]
 
-    variants = [(a, f, e, g) for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
-                for f in sides(args.fuse) for e in sides(args.batch_invariant) for g in sides(args.growing_cache)]
+    variants = [
+        (a, f, e, g)
+        for a in (["matmul", "sdpa"] if args.attention == "both" else [args.attention])
+        for f in sides(args.fuse)
+        for e in sides(args.batch_invariant)
+        for g in sides(args.growing_cache)
+    ]
     rounds: dict[tuple, list[dict]] = {}
     # Settings take turns within every round, so a slow spell of the machine hits them alike.
     for _ in range(args.repeats):
@@ -103,18 +134,23 @@ def main() -> int:
             measure(lm, 1, 16, 3)  # warm-up: first calls pay one-off allocation, dispatch and packing costs
             for b in args.batch_size:
                 for n in args.lengths:
-                    rounds.setdefault((attention, fuse, exact, growing, b, n), []).append(
-                        measure(lm, b, n, args.steps))
-    rows = [dict(median_round(runs), attention=a, fused=f, batch_invariant=e, growing_cache=g)
-            for (a, f, e, g, _, _), runs in rounds.items()]
-    print("| attention | fused q/k/v, gate/up | batch-invariant | growing cache | batch | cache length | prefill tok/s "
-          "| latent step ms | decode step ms | latent/decode |")
+                    rounds.setdefault((attention, fuse, exact, growing, b, n), []).append(measure(lm, b, n, args.steps))
+    rows = [
+        dict(median_round(runs), attention=a, fused=f, batch_invariant=e, growing_cache=g)
+        for (a, f, e, g, _, _), runs in rounds.items()
+    ]
+    print(
+        "| attention | fused q/k/v, gate/up | batch-invariant | growing cache | batch | cache length | prefill tok/s "
+        "| latent step ms | decode step ms | latent/decode |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['fused']} | {r['batch_invariant']} | {r['growing_cache']} | {r['batch']} | "
-              f"{r['length']} | "
-              f"{r['prefill_tokens_per_s']:.0f} | "
-              f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |")
+        print(
+            f"| {r['attention']} | {r['fused']} | {r['batch_invariant']} | {r['growing_cache']} | {r['batch']} | "
+            f"{r['length']} | "
+            f"{r['prefill_tokens_per_s']:.0f} | "
+            f"{r['latent_step_ms']:.0f} | {r['decode_step_ms']:.0f} | {r['latent_over_decode']:.2f} |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return 0

@@ -83,10 +83,10 @@ def _guard_filesystem(work):
 
     def resolve(path, dir_fd=None):
         if isinstance(path, int):
-            path = readlink("/proc/self/fd/%d" % path)
+            path = readlink(f"/proc/self/fd/{path}")
         path = os.fsdecode(path)
         if dir_fd is not None and not os.path.isabs(path):
-            path = os.path.join(readlink("/proc/self/fd/%d" % dir_fd), path)
+            path = os.path.join(readlink(f"/proc/self/fd/{dir_fd}"), path)
         return real_path(path)
 
     def inside(path, dir_fd=None):
@@ -113,8 +113,21 @@ def _guard_filesystem(work):
 
         _patch(name, guarded)
 
-    for name in ("remove", "unlink", "rmdir", "mkdir", "chmod", "chown", "lchown", "truncate", "utime",
-                 "mkfifo", "mknod", "setxattr", "removexattr"):
+    for name in (
+        "remove",
+        "unlink",
+        "rmdir",
+        "mkdir",
+        "chmod",
+        "chown",
+        "lchown",
+        "truncate",
+        "utime",
+        "mkfifo",
+        "mknod",
+        "setxattr",
+        "removexattr",
+    ):
         path_guard(name, (0, "dir_fd"))
     for name in ("rename", "replace"):
         path_guard(name, (0, "src_dir_fd"), (1, "dst_dir_fd"))
@@ -220,8 +233,15 @@ def _guard_network():
         _deny("network access")
 
     socket.socket = socket.SocketType = GuardedSocket
-    for name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
-                 "gethostbyaddr", "fromfd"):
+    for name in (
+        "create_connection",
+        "create_server",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "fromfd",
+    ):
         setattr(socket, name, no_network)
     _socket.socket = GuardedSocket
 
@@ -236,12 +256,12 @@ def _where(exc, filename):
         return ""
     frame = frames[-1]
     line = (frame.line or linecache.getline(filename, frame.lineno) or "").strip()
-    return " (line %d: %s)" % (frame.lineno, line) if line else " (line %d)" % frame.lineno
+    return f" (line {frame.lineno}: {line})" if line else f" (line {frame.lineno})"
 
 
 def _classify(exc, filename):
     if isinstance(exc, SystemExit):
-        return "fail", "program called sys.exit(%r) before the tests finished" % (exc.code,)
+        return "fail", f"program called sys.exit({exc.code!r}) before the tests finished"
     detail = str(exc)
     name = type(exc).__name__ + (": " + detail if detail else "")
     if isinstance(exc, AssertionError):
@@ -274,19 +294,19 @@ def main():
         with open(filename, encoding="utf-8") as f:
             source = f.read()
     except Exception as exc:  # noqa: BLE001
-        report("error", "sandbox setup failed: %s: %s" % (type(exc).__name__, exc))
+        report("error", f"sandbox setup failed: {type(exc).__name__}: {exc}")
     try:
         code = compile(source, filename, "exec")
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
-        report("error", "%s: %s%s" % (type(exc).__name__, getattr(exc, "msg", exc),
-                                      " (line %s)" % line if line else ""))
+        report(
+            "error", "{}: {}{}".format(type(exc).__name__, getattr(exc, "msg", exc), f" (line {line})" if line else "")
+        )
     try:
         _install_guards(work, cfg.get("allow_fork", True))
     except Exception as exc:  # noqa: BLE001
-        report("error", "sandbox setup failed: %s: %s" % (type(exc).__name__, exc))
-    namespace = {"__name__": cfg.get("run_name", "__main__"), "__file__": filename,
-                 "__builtins__": __builtins__}
+        report("error", f"sandbox setup failed: {type(exc).__name__}: {exc}")
+    namespace = {"__name__": cfg.get("run_name", "__main__"), "__file__": filename, "__builtins__": __builtins__}
     try:
         exec(code, namespace)
     except BaseException as exc:  # noqa: BLE001 - every way out of the program is a result

@@ -84,14 +84,22 @@ BUILTIN_SYSTEMS: dict[str, SystemSpec] = {
     "sequential": SystemSpec(
         "sequential",
         "sequential",
-        [AgentSpec("Planner", "planner"), AgentSpec("Critic", "critic"), AgentSpec("Refiner", "refiner"),
-         AgentSpec("Judger", "judger")],
+        [
+            AgentSpec("Planner", "planner"),
+            AgentSpec("Critic", "critic"),
+            AgentSpec("Refiner", "refiner"),
+            AgentSpec("Judger", "judger"),
+        ],
     ),
     "hierarchical": SystemSpec(
         "hierarchical",
         "hierarchical",
-        [AgentSpec("Math", "math"), AgentSpec("Science", "science"), AgentSpec("Code", "code"),
-         AgentSpec("Summariser", "summariser")],
+        [
+            AgentSpec("Math", "math"),
+            AgentSpec("Science", "science"),
+            AgentSpec("Code", "code"),
+            AgentSpec("Summariser", "summariser"),
+        ],
     ),
 }
 

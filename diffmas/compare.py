@@ -21,13 +21,31 @@ import math
 from pathlib import Path
 
 from diffmas.errors import DiffMASError
-from diffmas.evaluate import RECORDS, read_records
+from diffmas.records import RECORDS, read_records
 from diffmas.report import plot_accuracy
 
 SUMMARY = "summary.json"
-COLUMNS = ["run", "method", "task", "n", "accuracy", "ci95_low", "ci95_high", "stability", "agreement",
-           "generated_tokens", "latent_steps", "prompt_tokens", "passed_text_tokens", "passed_latent_vectors",
-           "s_per_problem", "total_seconds", "peak_memory_mb", "no_answer", "answers_cued"]
+COLUMNS = [
+    "run",
+    "method",
+    "task",
+    "n",
+    "accuracy",
+    "ci95_low",
+    "ci95_high",
+    "stability",
+    "agreement",
+    "generated_tokens",
+    "latent_steps",
+    "prompt_tokens",
+    "passed_text_tokens",
+    "passed_latent_vectors",
+    "s_per_problem",
+    "total_seconds",
+    "peak_memory_mb",
+    "no_answer",
+    "answers_cued",
+]
 
 
 def _summaries_in(path: Path) -> list[dict]:
@@ -36,8 +54,9 @@ def _summaries_in(path: Path) -> list[dict]:
         try:
             data = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
-            raise DiffMASError(f"{file} is not valid JSON ({exc.msg}); was the run interrupted while writing it?") \
-                from None
+            raise DiffMASError(
+                f"{file} is not valid JSON ({exc.msg}); was the run interrupted while writing it?"
+            ) from None
         items = data if isinstance(data, list) else [data]
         if not all(isinstance(s, dict) and "accuracy" in s and "method" in s for s in items):
             raise DiffMASError(f"{file} is not a summary written by `diffmas eval` or `diffmas demo`")
@@ -45,8 +64,12 @@ def _summaries_in(path: Path) -> list[dict]:
         records = file.parent / RECORDS if len(items) == 1 and (file.parent / RECORDS).is_file() else None
         return [{**s, "_run": label if len(items) == 1 else s["method"], "_records": records} for s in items]
     if path.is_dir():
-        found = [s for sub in sorted(p for p in path.iterdir() if p.is_dir()) for s in _summaries_in(sub)
-                 if (sub / SUMMARY).is_file() or any(sub.glob(f"*/{SUMMARY}"))]
+        found = [
+            s
+            for sub in sorted(p for p in path.iterdir() if p.is_dir())
+            for s in _summaries_in(sub)
+            if (sub / SUMMARY).is_file() or any(sub.glob(f"*/{SUMMARY}"))
+        ]
         if found:
             return found
     raise DiffMASError(f"no {SUMMARY} in {path}: pass directories written by `diffmas eval --out DIR`")
@@ -76,19 +99,31 @@ def rows_of(summaries: list[dict]) -> list[dict]:
     for s in summaries:
         lo, hi = s.get("ci95", [None, None])
         stab = s.get("stability") or {}
-        rows.append({
-            "run": s["_run"], "method": s["method"], "task": s.get("task"), "n": s.get("n"),
-            "accuracy": s["accuracy"], "ci95_low": lo, "ci95_high": hi,
-            "stability": (f"{100 * stab['mean']:.1f} +- {100 * stab['std']:.1f} (k={stab['samples']})"
-                          if stab else ""),
-            "agreement": stab.get("agreement", ""),
-            "generated_tokens": s.get("mean_generated_tokens"), "latent_steps": s.get("mean_latent_steps"),
-            "prompt_tokens": s.get("mean_prompt_tokens"), "passed_text_tokens": s.get("mean_passed_text_tokens"),
-            "passed_latent_vectors": s.get("mean_passed_latent_vectors"), "s_per_problem": s.get("mean_seconds"),
-            "total_seconds": s.get("method_seconds"), "peak_memory_mb": s.get("peak_memory_mb"),
-            "no_answer": s.get("extraction_failures"),
-            "answers_cued": s.get("answers_cued", 0),  # runs of versions before the answer cue had none
-        })
+        rows.append(
+            {
+                "run": s["_run"],
+                "method": s["method"],
+                "task": s.get("task"),
+                "n": s.get("n"),
+                "accuracy": s["accuracy"],
+                "ci95_low": lo,
+                "ci95_high": hi,
+                "stability": (
+                    f"{100 * stab['mean']:.1f} +- {100 * stab['std']:.1f} (k={stab['samples']})" if stab else ""
+                ),
+                "agreement": stab.get("agreement", ""),
+                "generated_tokens": s.get("mean_generated_tokens"),
+                "latent_steps": s.get("mean_latent_steps"),
+                "prompt_tokens": s.get("mean_prompt_tokens"),
+                "passed_text_tokens": s.get("mean_passed_text_tokens"),
+                "passed_latent_vectors": s.get("mean_passed_latent_vectors"),
+                "s_per_problem": s.get("mean_seconds"),
+                "total_seconds": s.get("method_seconds"),
+                "peak_memory_mb": s.get("peak_memory_mb"),
+                "no_answer": s.get("extraction_failures"),
+                "answers_cued": s.get("answers_cued", 0),  # runs of versions before the answer cue had none
+            }
+        )
     return rows
 
 
@@ -98,13 +133,16 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     n, k = only_a + only_b, min(only_a, only_b)
     if n == 0:
         return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def _correct_by_id(records_path: Path) -> dict[str, bool]:
     """Correctness per problem id of a run's first sample (what its accuracy counts)."""
-    return {r["id"]: bool(r["correct"]) for r in read_records(records_path)
-            if r.get("sample", 0) == 0 and "id" in r and "correct" in r}
+    return {
+        r["id"]: bool(r["correct"])
+        for r in read_records(records_path)
+        if r.get("sample", 0) == 0 and "id" in r and "correct" in r
+    }
 
 
 def paired_rows(summaries: list[dict]) -> list[dict]:
@@ -118,19 +156,44 @@ def paired_rows(summaries: list[dict]) -> list[dict]:
             continue
         only_a = sum(ca[i] and not cb[i] for i in shared)
         only_b = sum(cb[i] and not ca[i] for i in shared)
-        rows.append({"a": a["_run"], "b": b["_run"], "shared": len(shared),
-                     "both": sum(ca[i] and cb[i] for i in shared), "only_a": only_a, "only_b": only_b,
-                     "difference": (only_a - only_b) / len(shared), "p_value": mcnemar_p(only_a, only_b)})
+        rows.append(
+            {
+                "a": a["_run"],
+                "b": b["_run"],
+                "shared": len(shared),
+                "both": sum(ca[i] and cb[i] for i in shared),
+                "only_a": only_a,
+                "only_b": only_b,
+                "difference": (only_a - only_b) / len(shared),
+                "p_value": mcnemar_p(only_a, only_b),
+            }
+        )
     return rows
 
 
-PAIRED_HEADER = ["A", "B", "shared problems", "both right", "only A right", "only B right", "A - B",
-                 "p (exact McNemar)"]
+PAIRED_HEADER = [
+    "A",
+    "B",
+    "shared problems",
+    "both right",
+    "only A right",
+    "only B right",
+    "A - B",
+    "p (exact McNemar)",
+]
 
 
 def _paired_cells(row: dict) -> list[str]:
-    return [row["a"], row["b"], str(row["shared"]), str(row["both"]), str(row["only_a"]), str(row["only_b"]),
-            f"{100 * row['difference']:+.1f} pts", f"{row['p_value']:.3g}"]
+    return [
+        row["a"],
+        row["b"],
+        str(row["shared"]),
+        str(row["both"]),
+        str(row["only_a"]),
+        str(row["only_b"]),
+        f"{100 * row['difference']:+.1f} pts",
+        f"{row['p_value']:.3g}",
+    ]
 
 
 def _cells(row: dict) -> list[str]:
@@ -139,14 +202,40 @@ def _cells(row: dict) -> list[str]:
 
     ci = "-" if row["ci95_low"] is None else f"{100 * row['ci95_low']:.1f}-{100 * row['ci95_high']:.1f}"
     agreement = "-" if row["agreement"] == "" else f"{100 * row['agreement']:.0f}%"
-    return [row["run"], row["method"], str(row["task"]), str(row["n"]), f"{100 * row['accuracy']:.1f}%", ci,
-            row["stability"] or "-", agreement, num(row["generated_tokens"], ".1f"), num(row["latent_steps"], ".0f"),
-            num(row["s_per_problem"], ".2f"), num(row["total_seconds"], ".0f"), str(row["no_answer"]),
-            str(row["answers_cued"])]
+    return [
+        row["run"],
+        row["method"],
+        str(row["task"]),
+        str(row["n"]),
+        f"{100 * row['accuracy']:.1f}%",
+        ci,
+        row["stability"] or "-",
+        agreement,
+        num(row["generated_tokens"], ".1f"),
+        num(row["latent_steps"], ".0f"),
+        num(row["s_per_problem"], ".2f"),
+        num(row["total_seconds"], ".0f"),
+        str(row["no_answer"]),
+        str(row["answers_cued"]),
+    ]
 
 
-HEADER = ["run", "method", "task", "n", "accuracy", "95% CI", "stability (acc. mean +- sd)", "agreement",
-          "gen tokens", "latent steps", "s/problem", "total s", "no answer", "cued"]
+HEADER = [
+    "run",
+    "method",
+    "task",
+    "n",
+    "accuracy",
+    "95% CI",
+    "stability (acc. mean +- sd)",
+    "agreement",
+    "gen tokens",
+    "latent steps",
+    "s/problem",
+    "total s",
+    "no answer",
+    "cued",
+]
 
 
 def markdown_table(rows: list[dict], header: list[str] = HEADER, cells=_cells) -> str:
@@ -174,10 +263,16 @@ def _html_table(table_id: str, header: list[str], cells: list[list[str]]) -> str
 
 def write_html(rows: list[dict], plot: Path, path: Path, title: str, paired: list[dict] | None = None) -> None:
     table = _html_table("comparison", HEADER, [_cells(r) for r in rows])
-    pairs = "" if not paired else (
-        "<h2>Pairs of runs on the problems both answered</h2>\n"
-        "<p>Problems only one of the two got right, and how likely so uneven a split is if both were equally "
-        "good (exact McNemar test).</p>\n" + _html_table("paired", PAIRED_HEADER, [_paired_cells(r) for r in paired]))
+    pairs = (
+        ""
+        if not paired
+        else (
+            "<h2>Pairs of runs on the problems both answered</h2>\n"
+            "<p>Problems only one of the two got right, and how likely so uneven a split is if both were equally "
+            "good (exact McNemar test).</p>\n"
+            + _html_table("paired", PAIRED_HEADER, [_paired_cells(r) for r in paired])
+        )
+    )
     image = base64.b64encode(plot.read_bytes()).decode("ascii")
     path.write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -214,7 +309,8 @@ def compare(paths: list[str | Path], out: str | Path, title: str = "DiffMAS comp
     table = markdown_table(rows)
     if paired:
         table += "\n\nPairs on the problems both answered (exact McNemar test):\n\n" + markdown_table(
-            paired, PAIRED_HEADER, _paired_cells)
+            paired, PAIRED_HEADER, _paired_cells
+        )
     (out / "comparison.md").write_text(table + "\n")
     write_csv(rows, out / "comparison.csv")
     names = ["comparison.md", "comparison.csv", "accuracy.png", "report.html"]

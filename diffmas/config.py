@@ -29,6 +29,16 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+def redefault(cls: type, name: str, default: Any, help: str | None = None) -> Any:
+    """The option ``name`` of dataclass ``cls`` with another default (and optionally another help),
+    for a config that shares the option but not its default: the option is still declared once."""
+    base = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if base is None:
+        raise TypeError(f"{cls.__name__} has no option {name!r}")
+    meta = dict(base.metadata)
+    return option(default, help or meta.pop("help"), **{k: v for k, v in meta.items() if k != "help"})
+
+
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """(inner type, optional?) for ``X | None`` annotations."""
     origin = typing.get_origin(tp)
@@ -100,6 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         inner, _ = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if "shown_default" in f.metadata:  # a default computed later, e.g. an output directory named after the run
+            default = getattr(cls, f.metadata["shown_default"]).replace("{", "<").replace("}", ">")
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
         if "choices" in f.metadata:

@@ -14,25 +14,28 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffmas.config import option
+from diffmas import checkpoint as ckpt
+from diffmas.config import option, redefault
 from diffmas.engine import ModelConfig
 from diffmas.errors import DiffMASError
 from diffmas.evaluate import EvalConfig, evaluate
+from diffmas.options import TaskOptions
 from diffmas.report import plot_accuracy, ratio_lines, summary_table
-from diffmas.train import checkpoint as ckpt
 
 METHODS = ("single", "single_sft", "text_mas", "latent_mas", "diffmas")
-# Seconds measured by the demo itself on 2 CPU cores with Qwen2.5-Coder-0.5B-Instruct in bfloat16
-# (docs/RESULTS.md, "The demo"):
-# per evaluated problem for each method, per training trajectory, and the model loads.
+# The demo's own costs on the reference machine (2 CPU cores, Qwen2.5-Coder-0.5B-Instruct in
+# bfloat16), for its up-front time estimate only: seconds per evaluated problem for each method,
+# per training trajectory, and for the model loads.
 SECONDS_PER_PROBLEM = {"single": 4.1, "single_sft": 4.3, "text_mas": 16.2, "latent_mas": 3.1, "diffmas": 3.0}
 SECONDS_PER_TRAJECTORY = {"diffmas": 4.9, "single_sft": 1.7}
 SECONDS_OVERHEAD = 60.0
 
 
 @dataclass
-class DemoConfig(ModelConfig):
-    task: str = option("synthetic-arith", "task: trained on its train split, evaluated on its test split")
+class DemoConfig(ModelConfig, TaskOptions):
+    task: str = redefault(
+        TaskOptions, "task", "synthetic-arith", "task: trained on its train split, evaluated on its test split"
+    )
     limit: int = option(16, "held-out problems evaluated per method")
     train_problems: int = option(32, "training problems (the same for diffmas and single_sft)")
     train_steps: int = option(8, "optimizer steps of each training run")
@@ -58,12 +61,29 @@ class DemoConfig(ModelConfig):
 def train_config(cfg: DemoConfig, method: str):
     from diffmas.train.config import TrainConfig
 
-    return TrainConfig(model=cfg.model, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir,
-                       method=method, task=cfg.task, split="train", limit=cfg.train_problems,
-                       topology="sequential", latent_steps=cfg.latent_steps, lora_dropout=0.0, lr=cfg.lr,
-                       comm_lr=cfg.lr / 4, warmup_steps=1, batch_size=cfg.train_batch_size, grad_accum=1,
-                       max_steps=cfg.train_steps, seed=cfg.seed, save_every=max(1, cfg.train_steps // 2),
-                       resume=True, out=str(Path(cfg.out) / f"train-{method}"))
+    return TrainConfig(
+        model=cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        cache_dir=cfg.cache_dir,
+        method=method,
+        task=cfg.task,
+        split="train",
+        limit=cfg.train_problems,
+        topology="sequential",
+        latent_steps=cfg.latent_steps,
+        lora_dropout=0.0,
+        lr=cfg.lr,
+        comm_lr=cfg.lr / 4,
+        warmup_steps=1,
+        batch_size=cfg.train_batch_size,
+        grad_accum=1,
+        max_steps=cfg.train_steps,
+        seed=cfg.seed,
+        save_every=max(1, cfg.train_steps // 2),
+        resume=True,
+        out=str(Path(cfg.out) / f"train-{method}"),
+    )
 
 
 def train_once(cfg: DemoConfig, method: str) -> Path:
@@ -89,14 +109,30 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     """Train both trained methods, evaluate all five, write summary.json and the plot."""
     out = Path(cfg.out)
     adapters = {m: str(train_once(cfg, m)) for m in ("diffmas", "single_sft")}
-    base = EvalConfig(model=cfg.model, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir, task=cfg.task,
-                      split="test", limit=cfg.limit, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                      latent_steps=cfg.latent_steps, topology="sequential", resume=True)
+    base = EvalConfig(
+        model=cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        cache_dir=cfg.cache_dir,
+        task=cfg.task,
+        split="test",
+        limit=cfg.limit,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        latent_steps=cfg.latent_steps,
+        topology="sequential",
+        resume=True,
+    )
     lm = None
     summaries = []
     for method in METHODS:
-        run = replace(base, method=method, out=str(out / method), adapter=adapters.get(method),
-                      topology=None if method in ("single", "single_sft", "diffmas") else "sequential")
+        run = replace(
+            base,
+            method=method,
+            out=str(out / method),
+            adapter=adapters.get(method),
+            topology=None if method in ("single", "single_sft", "diffmas") else "sequential",
+        )
         if method in adapters:  # adapters attach to the model: a trained method gets a fresh copy
             summaries.append(evaluate(run, lm=run.load_lm()))
             gc.collect()
@@ -114,6 +150,8 @@ def report(summaries: list[dict]) -> list[str]:
     if "diffmas" in by and "single_sft" in by:
         d, c = by["diffmas"], by["single_sft"]
         verdict = "above" if d["accuracy"] > c["accuracy"] else "not above"
-        lines.append(f"diffmas ({100 * d['accuracy']:.1f}%) is {verdict} its control single_sft "
-                     f"({100 * c['accuracy']:.1f}%) after this brief training: read it with the 95% intervals")
+        lines.append(
+            f"diffmas ({100 * d['accuracy']:.1f}%) is {verdict} its control single_sft "
+            f"({100 * c['accuracy']:.1f}%) after this brief training: read it with the 95% intervals"
+        )
     return lines

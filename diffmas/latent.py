@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diffmas.engine import LM
-from diffmas.models.exact import at_least_rows
+from diffmas.kernels.rows import at_least_rows
 
 
 def _input_embedding_scale(lm: LM) -> float:
@@ -48,7 +48,7 @@ class Realigner:
             self.matrix = torch.linalg.solve(gram, w_out.T @ w_in)  # (d, d)
 
     @classmethod
-    def for_lm(cls, lm: LM, realign: bool = True) -> "Realigner":
+    def for_lm(cls, lm: LM, realign: bool = True) -> Realigner:
         """The realigner of ``lm``, solved once per model (it reads the whole vocabulary)."""
         cached = lm.__dict__.setdefault("_realigners", {})
         if realign not in cached:
@@ -59,7 +59,7 @@ class Realigner:
         x = hidden.float()
         if self.matrix is not None:
             # At least MIN_ROWS rows: float32 products of fewer take another kernel path, so a
-            # batch of one would round differently from a batch of 16 (diffmas.models.exact).
+            # batch of one would round differently from a batch of 16 (diffmas.kernels.exact).
             x = at_least_rows(lambda rows: rows @ self.matrix, x)
         x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return x.to(self.dtype).unsqueeze(1)
@@ -84,7 +84,7 @@ class CommAdapter(nn.Module):
         self.dtype = realigner.dtype
 
     @classmethod
-    def from_lm(cls, lm: LM, realign: bool = True) -> "CommAdapter":
+    def from_lm(cls, lm: LM, realign: bool = True) -> CommAdapter:
         return cls(Realigner.for_lm(lm, realign), lm.head.weight.shape[1])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from diffmas.config import from_dict
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.evaluate import SetupConfig, build_method
+from diffmas.methods import SetupConfig, build_method
 from diffmas.prompts import DEFAULT_ANSWER_FORMAT
 
 # What the final agent is told about the answer's form. lm_eval's tasks extract answers their own
@@ -52,14 +52,22 @@ class DiffMASHarnessLM(HarnessLM):
     ``answer_format`` (the final agent's instruction about the answer; or the name of a task family
     to reuse its instruction)."""
 
-    def __init__(self, batch_size: int | str | None = 8, family: str = "math", answer_format: str | None = None,
-                 lm: LM | None = None, max_batch_size: int | None = None, **options):
+    def __init__(
+        self,
+        batch_size: int | str | None = 8,
+        family: str = "math",
+        answer_format: str | None = None,
+        lm: LM | None = None,
+        max_batch_size: int | None = None,
+        **options,
+    ):
         super().__init__()
         known = {f.name for f in fields(SetupConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise DiffMASError(f"unknown model_args {unknown}; valid: batch_size, family, answer_format, "
-                               f"{', '.join(sorted(known))}")
+            raise DiffMASError(
+                f"unknown model_args {unknown}; valid: batch_size, family, answer_format, {', '.join(sorted(known))}"
+            )
         import torch
 
         device = str(options.get("device") or "cpu")
@@ -78,8 +86,15 @@ class DiffMASHarnessLM(HarnessLM):
         self.lm = lm or self.setup.load_lm()
         fmt = DEFAULT_ANSWER_FORMAT.get(answer_format, answer_format) if answer_format else PLAIN_ANSWER_FORMAT
         task = SimpleNamespace(family=family, answer_format=fmt)
-        self.method = build_method(self.setup.method, self.lm, self.setup.method_config(), task, self.setup.system,
-                                   self.setup.topology, self.setup.adapter)
+        self.method = build_method(
+            self.setup.method,
+            self.lm,
+            self.setup.method_config(),
+            task,
+            self.setup.system,
+            self.setup.topology,
+            self.setup.adapter,
+        )
 
     # -- what lm_eval calls ---------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -120,9 +135,11 @@ class DiffMASHarnessLM(HarnessLM):
         raise DiffMASError(_NO_LIKELIHOOD)
 
 
-_NO_LIKELIHOOD = ("the diffmas model supports only generative lm_eval tasks (output_type: generate_until): a "
-                  "multi-agent system writes text and assigns no likelihood to a given continuation; pick the "
-                  "task's generative variant (e.g. gsm8k, arc_challenge_chat) or use `diffmas eval`")
+_NO_LIKELIHOOD = (
+    "the diffmas model supports only generative lm_eval tasks (output_type: generate_until): a "
+    "multi-agent system writes text and assigns no likelihood to a given continuation; pick the "
+    "task's generative variant (e.g. gsm8k, arc_challenge_chat) or use `diffmas eval`"
+)
 
 
 def _until(value) -> list[str]:

@@ -38,12 +38,12 @@ DEFAULT_ANSWER_FORMAT = {
     "math": "Put the final numerical answer in \\boxed{}.",
     # No example letter: a latent_mas judger copied "e.g. \\boxed{B}" for 47 of 50 ARC-Challenge
     # problems. Not "put only the letter": the single agent then skipped its reasoning and wrote a
-    # bare "B" for 21 of 24 CommonsenseQA problems (docs/RESULTS.md). It follows "Reason step by step."
+    # bare "B" for 21 of 24 CommonsenseQA problems (dev/LOG.md). It follows "Reason step by step."
     "multiple_choice": "Then write the letter of the correct option in \\boxed{}.",
     "code": "Write the complete Python solution in one ```python code block.",
 }
 
-# What continues an answer from which nothing can be read (diffmas.engine.AnswerCue): the model
+# What continues an answer from which nothing can be read (diffmas.decoding.AnswerCue): the model
 # finishes the sentence inside the \boxed{} the extractors read. None for code: a program cannot
 # be cued into existence in a few tokens.
 ANSWER_CUE = {

@@ -9,19 +9,39 @@ def _fmt_seconds(s: float) -> str:
 
 def summary_table(summaries: list[dict]) -> str:
     """A Markdown table, one row per run: accuracy with its 95% interval, tokens and time."""
-    header = ["method", "task", "n", "accuracy", "95% CI", "gen tokens", "latent steps", "passed text/latent",
-              "s/problem", "total", "no answer", "cued (right)"]
+    header = [
+        "method",
+        "task",
+        "n",
+        "accuracy",
+        "95% CI",
+        "gen tokens",
+        "latent steps",
+        "passed text/latent",
+        "s/problem",
+        "total",
+        "no answer",
+        "cued (right)",
+    ]
     rows = []
     for s in summaries:
         lo, hi = s["ci95"]
-        rows.append([
-            s["method"], s["task"], str(s["n"]), f"{100 * s['accuracy']:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}",
-            f"{s['mean_generated_tokens']:.1f}", f"{s['mean_latent_steps']:.0f}",
-            f"{s.get('mean_passed_text_tokens', 0):.0f} / {s.get('mean_passed_latent_vectors', 0):.0f}",
-            f"{s['mean_seconds']:.2f}",
-            _fmt_seconds(s["method_seconds"]), str(s["extraction_failures"]),
-            f"{s.get('answers_cued', 0)} ({s.get('cued_correct', 0)})",
-        ])
+        rows.append(
+            [
+                s["method"],
+                s["task"],
+                str(s["n"]),
+                f"{100 * s['accuracy']:.1f}%",
+                f"{100 * lo:.1f}-{100 * hi:.1f}",
+                f"{s['mean_generated_tokens']:.1f}",
+                f"{s['mean_latent_steps']:.0f}",
+                f"{s.get('mean_passed_text_tokens', 0):.0f} / {s.get('mean_passed_latent_vectors', 0):.0f}",
+                f"{s['mean_seconds']:.2f}",
+                _fmt_seconds(s["method_seconds"]),
+                str(s["extraction_failures"]),
+                f"{s.get('answers_cued', 0)} ({s.get('cued_correct', 0)})",
+            ]
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -45,13 +65,17 @@ def warnings(summary: dict) -> list[str]:
         out.append(f"{name}: accuracy {100 * summary['accuracy']:.1f}% is below chance ({100 * chance:.1f}%)")
     failures, answers = summary["extraction_failures"], summary.get("answers", n)  # of every sample's answers
     if answers and failures > MAX_EXTRACTION_FAILURES * answers:
-        out.append(f"{name}: no answer could be read from {failures} of {answers} outputs "
-                   f"({100 * failures / answers:.0f}%, more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their "
-                   "`output` in records.jsonl")
+        out.append(
+            f"{name}: no answer could be read from {failures} of {answers} outputs "
+            f"({100 * failures / answers:.0f}%, more than {100 * MAX_EXTRACTION_FAILURES:.0f}%); read their "
+            "`output` in records.jsonl"
+        )
     cued = summary.get("answers_cued", 0)  # of the n first answers
     if n and cued > MAX_EXTRACTION_FAILURES * n:
-        out.append(f"{name}: {cued} of {n} answers ({100 * cued / n:.0f}%) named none until the answer cue "
-                   "was appended (records with answer_cued; --no-answer-cue leaves them unanswered)")
+        out.append(
+            f"{name}: {cued} of {n} answers ({100 * cued / n:.0f}%) named none until the answer cue "
+            "was appended (records with answer_cued; --no-answer-cue leaves them unanswered)"
+        )
     return out
 
 
@@ -75,12 +99,13 @@ def plot_accuracy(summaries: list[dict], path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "mean_generated_tokens", "generated tokens per problem"),
-                           (axes[1], "mean_seconds", "seconds per problem")):
+    for ax, key, label in (
+        (axes[0], "mean_generated_tokens", "generated tokens per problem"),
+        (axes[1], "mean_seconds", "seconds per problem"),
+    ):
         for s in summaries:  # a legend, not labels at the points: trained methods often coincide
             acc, (lo, hi) = 100 * s["accuracy"], s["ci95"]
-            ax.errorbar(s[key], acc, yerr=[[acc - 100 * lo], [100 * hi - acc]], fmt="o", capsize=4,
-                        label=s["method"])
+            ax.errorbar(s[key], acc, yerr=[[acc - 100 * lo], [100 * hi - acc]], fmt="o", capsize=4, label=s["method"])
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%), 95% interval")

@@ -102,9 +102,15 @@ class SandboxResult:
 
 
 # --------------------------------------------------------------------------- public API
-def run_program(program: str, limits: SandboxLimits | None = None, *, run_name: str = "__main__",
-                isolate_user: bool | None = None, python: str | None = None,
-                requires: tuple[str, ...] = ()) -> SandboxResult:
+def run_program(
+    program: str,
+    limits: SandboxLimits | None = None,
+    *,
+    run_name: str = "__main__",
+    isolate_user: bool | None = None,
+    python: str | None = None,
+    requires: tuple[str, ...] = (),
+) -> SandboxResult:
     """Run ``program`` (solution and tests in one source text) and say whether it all ran.
 
     ``run_name`` is the program's ``__name__`` (evaluators pass something other than "__main__"
@@ -120,8 +126,9 @@ def run_program(program: str, limits: SandboxLimits | None = None, *, run_name: 
     return _run(program, limits, run_name, drop, interpreter)
 
 
-def run_programs(programs: list[str], limits: SandboxLimits | None = None, *, workers: int = 2,
-                 **kwargs) -> list[SandboxResult]:
+def run_programs(
+    programs: list[str], limits: SandboxLimits | None = None, *, workers: int = 2, **kwargs
+) -> list[SandboxResult]:
     """Run several programs, ``workers`` at a time, results in input order.
 
     Threads suffice (each one only waits on its child), and every run has its own directory, pipes
@@ -149,8 +156,14 @@ def _interpreter(drop: bool, requires: tuple[str, ...] = ()) -> str:
     key = (drop, requires)
     with _interpreter_lock:
         if key not in _interpreters:
-            candidates = [os.environ.get(PYTHON_ENV), sys.executable, os.path.realpath(sys.executable),
-                          getattr(sys, "_base_executable", None), "/usr/bin/python3", "/usr/local/bin/python3"]
+            candidates = [
+                os.environ.get(PYTHON_ENV),
+                sys.executable,
+                os.path.realpath(sys.executable),
+                getattr(sys, "_base_executable", None),
+                "/usr/bin/python3",
+                "/usr/local/bin/python3",
+            ]
             tried = []
             for cand in dict.fromkeys(c for c in candidates if c):
                 if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
@@ -162,9 +175,12 @@ def _interpreter(drop: bool, requires: tuple[str, ...] = ()) -> str:
                     break
                 tried.append(f"{cand}: {probe.status} ({probe.reason})")
             else:
-                raise SandboxError(f"no Python interpreter can run as an unprivileged uid with "
-                                   f"{', '.join(requires) or 'its standard library'}; tried "
-                                   + "; ".join(tried) + f". Set {PYTHON_ENV} to one that can.")
+                raise SandboxError(
+                    f"no Python interpreter can run as an unprivileged uid with "
+                    f"{', '.join(requires) or 'its standard library'}; tried "
+                    + "; ".join(tried)
+                    + f". Set {PYTHON_ENV} to one that can."
+                )
         return _interpreters[key]
 
 
@@ -172,9 +188,14 @@ def _interpreter(drop: bool, requires: tuple[str, ...] = ()) -> str:
 def _rlimits(limits: SandboxLimits, drop: bool) -> list[tuple[str, int]]:
     cpu = math.ceil(limits.cpu_seconds if limits.cpu_seconds is not None else limits.timeout + 1)
     nproc = limits.max_processes if drop else _tasks_of_uid(os.getuid()) + limits.max_processes
-    return [("RLIMIT_CPU", max(1, cpu)), ("RLIMIT_AS", limits.memory_mb * 2**20), ("RLIMIT_NPROC", nproc),
-            ("RLIMIT_FSIZE", limits.max_file_mb * 2**20), ("RLIMIT_NOFILE", limits.max_open_files),
-            ("RLIMIT_CORE", 0)]
+    return [
+        ("RLIMIT_CPU", max(1, cpu)),
+        ("RLIMIT_AS", limits.memory_mb * 2**20),
+        ("RLIMIT_NPROC", nproc),
+        ("RLIMIT_FSIZE", limits.max_file_mb * 2**20),
+        ("RLIMIT_NOFILE", limits.max_open_files),
+        ("RLIMIT_CORE", 0),
+    ]
 
 
 def _tasks_of_uid(uid: int) -> int:
@@ -204,16 +225,38 @@ def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python:
         if uid is not None:
             for path in (work, os.path.join(work, SOLUTION_FILE)):
                 os.chown(path, uid, uid)
-        config = {"rlimits": _rlimits(limits, drop), "uid": uid, "allow_fork": drop or os.geteuid() != 0,
-                  "run_name": run_name, "solution": SOLUTION_FILE}
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
-               "LC_ALL": "C.UTF-8", "http_proxy": "", "https_proxy": "", "HTTP_PROXY": "", "HTTPS_PROXY": "",
-               "all_proxy": "", "no_proxy": "*"}
+        config = {
+            "rlimits": _rlimits(limits, drop),
+            "uid": uid,
+            "allow_fork": drop or os.geteuid() != 0,
+            "run_name": run_name,
+            "solution": SOLUTION_FILE,
+        }
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": work,
+            "TMPDIR": work,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "http_proxy": "",
+            "https_proxy": "",
+            "HTTP_PROXY": "",
+            "HTTPS_PROXY": "",
+            "all_proxy": "",
+            "no_proxy": "*",
+        }
         read_fd, write_fd = os.pipe()
         nonce = secrets.token_hex(16)
-        proc = subprocess.Popen([python, "-I", "-B", HARNESS, str(write_fd), json.dumps(config)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=work, env=env, pass_fds=(write_fd,), start_new_session=True)
+        proc = subprocess.Popen(
+            [python, "-I", "-B", HARNESS, str(write_fd), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=work,
+            env=env,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
         os.close(write_fd)
         write_fd = -1
         try:
@@ -246,8 +289,9 @@ def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python:
         _remove_tree(work)
 
 
-def _verdict(report: str, nonce: str, timed_out: bool, returncode: int, stderr: str,
-             limits: SandboxLimits) -> tuple[str, str]:
+def _verdict(
+    report: str, nonce: str, timed_out: bool, returncode: int, stderr: str, limits: SandboxLimits
+) -> tuple[str, str]:
     lines = [line.split(" ", 1) + [""] for line in report.splitlines() if line.strip()]
     if any(parts[0] == "pass" and parts[1] == nonce for parts in lines):
         return "pass", "all tests ran"
@@ -368,12 +412,21 @@ def _kill_all(pid: int, uid: int | None, python: str) -> None:
     # limit ends them anyway).
     # The reaper starts as root and switches uid itself, so the interpreter need not be usable by
     # that uid.
-    code = (f"import os\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n"
-            "try:\n os.kill(-1, 9)\nexcept OSError:\n pass\n")
+    code = (
+        f"import os\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n"
+        "try:\n os.kill(-1, 9)\nexcept OSError:\n pass\n"
+    )
     for _ in range(3):
-        reaper = subprocess.run([python, "-I", "-S", "-B", "-c", code], env={}, cwd="/",
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, timeout=30, check=False)
+        reaper = subprocess.run(
+            [python, "-I", "-S", "-B", "-c", code],
+            env={},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
         if reaper.returncode == 0:
             return
 

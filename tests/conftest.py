@@ -49,7 +49,6 @@ def tiny_llama():
     return build_tiny_model("llama", seed=0, dtype=torch.float32)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_qwen):
     """The tiny qwen2 model saved as a local model directory (what ``--model DIR`` reads)."""

@@ -7,9 +7,9 @@ import torch
 
 from diffmas.agents import load_system
 from diffmas.engine import LM
+from diffmas.kernels.attention import NAME, _matmul_attention, use_cpu_attention
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent
 from diffmas.models import build_tiny_model
-from diffmas.models.attention import NAME, _matmul_attention, use_cpu_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,8 +65,12 @@ def test_training_loss_and_gradients_unchanged():
 
     results = []
     for model, tokenizer in _pair("qwen2"):
-        method = LatentMAS(LM(model, tokenizer), MethodConfig(latent_steps=2), answer_format="Box it.",
-                           system=load_system("sequential"))
+        method = LatentMAS(
+            LM(model, tokenizer),
+            MethodConfig(latent_steps=2),
+            answer_format="Box it.",
+            system=load_system("sequential"),
+        )
         model.requires_grad_(False)
         model.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)  # upstream of every step
         out = trajectory_loss(method, ["What is 2 + 3?", "x"], ["5 \\boxed{5}", "\\boxed{1}"])
@@ -98,15 +102,19 @@ def test_sliding_window_layers_unchanged(tiny_qwen):
             windowed = AutoModelForCausalLM.from_config(config).eval()
         if matmul:
             assert use_cpu_attention(windowed)
-        method = LatentMAS(LM(windowed, tokenizer), MethodConfig(latent_steps=3, max_new_tokens=8),
-                           answer_format="Box it.", system=load_system("sequential"))
+        method = LatentMAS(
+            LM(windowed, tokenizer),
+            MethodConfig(latent_steps=3, max_new_tokens=8),
+            answer_format="Box it.",
+            system=load_system("sequential"),
+        )
         with torch.inference_mode():
             texts.append([t.final_text for t in method.run(["What is 2 + 3?", "x"])])
     assert texts[0] == texts[1]
 
 
 def test_routing_short_queries_without_gradients_only(monkeypatch):
-    import diffmas.models.attention as attention
+    import diffmas.kernels.attention as attention
 
     calls = []
     real = attention._matmul_attention

@@ -1,5 +1,5 @@
-"""The step split of benchmarks/decode_overhead.py and the latent probe of benchmarks/latent_probe.py,
-on tiny models: what they time and print must be what they say it is."""
+"""The step split of benchmarks/diagnostics/decode_overhead.py and the latent probe of
+benchmarks/diagnostics/latent_probe.py, on tiny models: what they time and print must be what they say it is."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from diffmas.engine import LM
+from diffmas.kernels import packed as packed_module
+from diffmas.kernels.attention import use_cpu_attention
+from diffmas.kernels.packed import fuse_sibling_layers, pack_linear_layers, packing_available
 from diffmas.models import build_tiny_model
-from diffmas.models import packed as packed_module
-from diffmas.models.attention import use_cpu_attention
-from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers, packing_available
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnostics"
 
 
 def _script(name: str):

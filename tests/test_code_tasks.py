@@ -22,33 +22,57 @@ SHARED = Path(os.environ.get("DIFFMAS_TEST_SHARED_DATA", Path(__file__).resolve(
 MBPP_FILE = SHARED / "mbpp" / "sanitized-mbpp.json"
 
 HE_ROWS = [
-    {"task_id": "HumanEval/0", "entry_point": "add",
-     "prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n",
-     "canonical_solution": "    return a + b\n",
-     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
-    {"task_id": "HumanEval/1", "entry_point": "decode",
-     "prompt": "from typing import List\n\n\ndef encode(s: str) -> str:\n    return s[::-1]\n\n\n"
-               "def decode(s: str) -> str:\n    \"\"\"Undo encode.\"\"\"\n",
-     "canonical_solution": "    return encode(s)\n",
-     "test": "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\n"},
+    {
+        "task_id": "HumanEval/0",
+        "entry_point": "add",
+        "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
+        "canonical_solution": "    return a + b\n",
+        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+    },
+    {
+        "task_id": "HumanEval/1",
+        "entry_point": "decode",
+        "prompt": "from typing import List\n\n\ndef encode(s: str) -> str:\n    return s[::-1]\n\n\n"
+        'def decode(s: str) -> str:\n    """Undo encode."""\n',
+        "canonical_solution": "    return encode(s)\n",
+        "test": "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\n",
+    },
     {"task_id": "HumanEval/2", "entry_point": "broken", "prompt": "def broken():\n", "test": "no check"},
 ]
 MBPP_ROWS = [
-    {"task_id": 11, "prompt": "Write a function to add two numbers.",
-     "code": "def add_nums(a, b):\n    return a + b", "test_imports": [],
-     "test_list": ["assert add_nums(1, 2) == 3", "assert add_nums(0, 0) == 0"]},
-    {"task_id": 12, "prompt": "Write a function for the square root.",
-     "code": "import math\ndef root(x):\n    return math.sqrt(x)",
-     "test_imports": ["import math"], "test_list": ["assert math.isclose(root(4), 2.0)"]},
-    {"task_id": 601, "prompt": "Write a function to double.", "code": "def double(x):\n    return 2 * x",
-     "test_imports": [], "test_list": ["assert double(2) == 4"]},
+    {
+        "task_id": 11,
+        "prompt": "Write a function to add two numbers.",
+        "code": "def add_nums(a, b):\n    return a + b",
+        "test_imports": [],
+        "test_list": ["assert add_nums(1, 2) == 3", "assert add_nums(0, 0) == 0"],
+    },
+    {
+        "task_id": 12,
+        "prompt": "Write a function for the square root.",
+        "code": "import math\ndef root(x):\n    return math.sqrt(x)",
+        "test_imports": ["import math"],
+        "test_list": ["assert math.isclose(root(4), 2.0)"],
+    },
+    {
+        "task_id": 601,
+        "prompt": "Write a function to double.",
+        "code": "def double(x):\n    return 2 * x",
+        "test_imports": [],
+        "test_list": ["assert double(2) == 4"],
+    },
     {"task_id": 13, "prompt": "No code here.", "test_list": ["assert f() == 1"]},
 ]
 MBPP_PLUS_ROWS = [
-    {"task_id": "Mbpp/11", "prompt": '"""\nWrite a function to add two numbers.\nassert add_nums(1, 2) == 3\n"""\n',
-     "code": "def add_nums(a, b):\n    return a + b", "test_imports": [], "test_list": ["assert add_nums(1, 2) == 3"],
-     "test": "inputs = [[1, 2], [5, 7], [-3, 3]]\nresults = [3, 12, 0]\n"
-             "for inp, exp in zip(inputs, results):\n    assert add_nums(*inp) == exp\n"},
+    {
+        "task_id": "Mbpp/11",
+        "prompt": '"""\nWrite a function to add two numbers.\nassert add_nums(1, 2) == 3\n"""\n',
+        "code": "def add_nums(a, b):\n    return a + b",
+        "test_imports": [],
+        "test_list": ["assert add_nums(1, 2) == 3"],
+        "test": "inputs = [[1, 2], [5, 7], [-3, 3]]\nresults = [3, 12, 0]\n"
+        "for inp, exp in zip(inputs, results):\n    assert add_nums(*inp) == exp\n",
+    },
 ]
 
 
@@ -80,8 +104,12 @@ def mbpp_file(files):
 
 # ----------------------------------------------------------------------- registry and loading
 def test_registered_with_hub_ids():
-    hub = {"humaneval": "openai/openai_humaneval", "humanevalplus": "evalplus/humanevalplus",
-           "mbpp": "google-research-datasets/mbpp", "mbppplus": "evalplus/mbppplus"}
+    hub = {
+        "humaneval": "openai/openai_humaneval",
+        "humanevalplus": "evalplus/humanevalplus",
+        "mbpp": "google-research-datasets/mbpp",
+        "mbppplus": "evalplus/mbppplus",
+    }
     for name, hub_id in hub.items():
         task = get_task(name)
         assert task.family == "code" and task.hub_id == hub_id and "```python" in task.answer_format
@@ -129,8 +157,10 @@ def test_mbpp_plus_format(files):
 
 # ----------------------------------------------------------------------- extraction
 def test_code_blocks_and_selection():
-    text = ("Plan first.\n```python\ndef helper():\n    return 1\n```\nThen:\n```bash\nls\n```\n"
-            "```py\ndef add(a, b):\n    return a - b\n```\nFixed:\n```python\ndef add(a, b):\n    return a + b\n```\n")
+    text = (
+        "Plan first.\n```python\ndef helper():\n    return 1\n```\nThen:\n```bash\nls\n```\n"
+        "```py\ndef add(a, b):\n    return a - b\n```\nFixed:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+    )
     assert len(code_blocks(text)) == 3  # the bash block is not Python
     assert select_solution(text, "add") == "def add(a, b):\n    return a + b"
     assert select_solution(text, "missing") == "def add(a, b):\n    return a + b"  # the last block
@@ -155,8 +185,10 @@ def test_humaneval_scoring_statuses(files):
     assert task.execute("```python\ndef add(a, b):\n    while True:\n        pass\n```", add).status == "timeout"
     assert task.execute("no code at all", add).status == "error"
     assert task.score("no code at all", add) == (None, False)
-    demo = ("```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
-            "    print(add(int(input()), 1))\n```")
+    demo = (
+        "```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
+        "    print(add(int(input()), 1))\n```"
+    )
     assert task.score(demo, add)[1]  # the demo block does not run
 
 

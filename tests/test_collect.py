@@ -30,9 +30,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def collect_args(tiny_model_dir, out, *extra):
-    return ["collect", "--model", tiny_model_dir, "--dtype", "float32", "--task", "synthetic-arith", "--limit", "3",
-            "--samples", "2", "--max-new-tokens", "4", "--agent-max-new-tokens", "3", "--batch-size", "4",
-            "--out", str(out), *extra]
+    return [
+        "collect",
+        "--model",
+        tiny_model_dir,
+        "--dtype",
+        "float32",
+        "--task",
+        "synthetic-arith",
+        "--limit",
+        "3",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--agent-max-new-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def lines(path: Path) -> list[dict]:
@@ -55,9 +74,12 @@ def test_collect_keeps_only_correct_attempts_and_resumes(tiny_model_dir, tmp_pat
     assert main(collect_args(tiny_model_dir, out)) == 0
     attempts = lines(out / ATTEMPTS)
     assert sorted((r["id"], r["sample"]) for r in attempts) == sorted(
-        (ex.id, s) for ex in task.load(split="train", limit=3).examples for s in (0, 1))
-    assert all([a["agent"] for a in r["agents"]] == AGENTS and all(isinstance(a["text"], str) for a in r["agents"])
-               for r in attempts)
+        (ex.id, s) for ex in task.load(split="train", limit=3).examples for s in (0, 1)
+    )
+    assert all(
+        [a["agent"] for a in r["agents"]] == AGENTS and all(isinstance(a["text"], str) for a in r["agents"])
+        for r in attempts
+    )
     kept = load_trajectories(out)
     assert [(r["id"], r["sample"]) for r in kept] == [(r["id"], r["sample"]) for r in attempts if r["correct"]]
     assert 0 < len(kept) < len(attempts)
@@ -79,9 +101,18 @@ def test_greedy_teacher_with_several_samples_is_refused(tiny_model_dir, tmp_path
 
 
 def trajectory_rows(examples, texts=None) -> list[dict]:
-    return [{"id": ex.id, "sample": 0, "question": ex.question, "correct": True,
-             "agents": [{"agent": a, "role": a.lower(), "text": (texts or {}).get(a, f"{a} says {ex.gold}.")}
-                        for a in AGENTS]} for ex in examples]
+    return [
+        {
+            "id": ex.id,
+            "sample": 0,
+            "question": ex.question,
+            "correct": True,
+            "agents": [
+                {"agent": a, "role": a.lower(), "text": (texts or {}).get(a, f"{a} says {ex.gold}.")} for a in AGENTS
+            ],
+        }
+        for ex in examples
+    ]
 
 
 def write_trajectories(path: Path, rows: list[dict]) -> Path:
@@ -133,17 +164,32 @@ def test_role_loss_trains_each_agent_on_its_own_text():
 def test_two_stage_schedule_logs_role_then_joint_steps(tiny_model_dir, tmp_path):
     task = get_task("synthetic-arith")
     traj = write_trajectories(tmp_path / "traj", trajectory_rows(task.load(split="train", limit=6).examples))
-    cfg = TrainConfig(model=tiny_model_dir, dtype="float32", task="synthetic-arith", limit=8, latent_steps=1,
-                      lora_rank=4, lora_dropout=0.0, batch_size=2, max_steps=4, save_every=10,
-                      trajectories=str(traj), role_steps=2, out=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        model=tiny_model_dir,
+        dtype="float32",
+        task="synthetic-arith",
+        limit=8,
+        latent_steps=1,
+        lora_rank=4,
+        lora_dropout=0.0,
+        batch_size=2,
+        max_steps=4,
+        save_every=10,
+        trajectories=str(traj),
+        role_steps=2,
+        out=str(tmp_path / "run"),
+    )
     trainer = Trainer(cfg, progress=False)
     assert len(trainer.items) == 6 and len(trainer.examples) == 8
     trainer.train()
     log = lines(tmp_path / "run" / "log.jsonl")
     assert [r["stage"] for r in log] == ["role", "role", "joint", "joint"]
     assert [r["latent_steps"] for r in log] == [0, 0, 1, 1]
-    for bad in (dict(role_steps=1, trajectories=None), dict(role_steps=1, method="single_sft"),
-                dict(target="trajectory", trajectories=None)):
+    for bad in (
+        dict(role_steps=1, trajectories=None),
+        dict(role_steps=1, method="single_sft"),
+        dict(target="trajectory", trajectories=None),
+    ):
         with pytest.raises(DiffMASError):
             TrainConfig(**{**dict(trajectories=str(traj)), **bad})
     with pytest.raises(DiffMASError, match="no step"):

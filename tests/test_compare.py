@@ -18,9 +18,32 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def runs(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for method in ("single", "latent_mas"):
-        assert main(["eval", "--model", tiny_model_dir, "--dtype", "float32", "--task", "synthetic-arith",
-                     "--limit", "3", "--batch-size", "3", "--max-new-tokens", "4", "--latent-steps", "2",
-                     "--method", method, "--out", str(root / method)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    tiny_model_dir,
+                    "--dtype",
+                    "float32",
+                    "--task",
+                    "synthetic-arith",
+                    "--limit",
+                    "3",
+                    "--batch-size",
+                    "3",
+                    "--max-new-tokens",
+                    "4",
+                    "--latent-steps",
+                    "2",
+                    "--method",
+                    method,
+                    "--out",
+                    str(root / method),
+                ]
+            )
+            == 0
+        )
     return root
 
 
@@ -37,7 +60,7 @@ def test_compare_writes_table_csv_plot_and_html(runs, tmp_path, capsys):
         assert float(row["generated_tokens"]) == summaries[row["method"]]["mean_generated_tokens"]
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
-    assert "data:image/png;base64," in page and "src=\"http" not in page  # self-contained
+    assert "data:image/png;base64," in page and 'src="http' not in page  # self-contained
     # A parent directory of runs works too, and the same run twice gets distinct labels.
     assert main(["compare", str(runs), str(runs / "single"), "--out", str(tmp_path / "c2")]) == 0
     labels = [r["run"] for r in csv.DictReader(open(tmp_path / "c2" / "comparison.csv"))]
@@ -61,9 +84,20 @@ def test_compare_errors_are_clear(runs, tmp_path, capsys):
 def _fake_run(path, method, task, correct: dict[str, bool], extra_records=(), records=True):
     path.mkdir(parents=True)
     acc = sum(correct.values()) / len(correct)
-    (path / "summary.json").write_text(json.dumps({
-        "method": method, "task": task, "n": len(correct), "accuracy": acc, "ci95": [0.0, 1.0],
-        "mean_generated_tokens": 10.0, "mean_latent_steps": 0.0, "mean_seconds": 1.0}))
+    (path / "summary.json").write_text(
+        json.dumps(
+            {
+                "method": method,
+                "task": task,
+                "n": len(correct),
+                "accuracy": acc,
+                "ci95": [0.0, 1.0],
+                "mean_generated_tokens": 10.0,
+                "mean_latent_steps": 0.0,
+                "mean_seconds": 1.0,
+            }
+        )
+    )
     if records:
         lines = [{"id": i, "correct": c} for i, c in correct.items()] + list(extra_records)
         (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "torn')
@@ -91,10 +125,17 @@ def test_compare_pairs_runs_on_their_shared_problems(tmp_path, capsys):
     assert len(pairs) == 1  # other tasks and runs without records are not paired
     (pair,) = pairs
     # Shared: p2-p19 (18 problems). a right on p2-p7, b right on p5-p8: both p5-p7, only a p2-p4, only b p8.
-    assert (pair["a"], pair["b"], pair["shared"], pair["both"], pair["only_a"], pair["only_b"]) == \
-        ("a", "b", "18", "3", "3", "1")
-    assert float(pair["p_value"]) == pytest.approx(mcnemar_p(3, 1)) and float(pair["difference"]) == \
-        pytest.approx(2 / 18)
+    assert (pair["a"], pair["b"], pair["shared"], pair["both"], pair["only_a"], pair["only_b"]) == (
+        "a",
+        "b",
+        "18",
+        "3",
+        "3",
+        "1",
+    )
+    assert float(pair["p_value"]) == pytest.approx(mcnemar_p(3, 1)) and float(pair["difference"]) == pytest.approx(
+        2 / 18
+    )
     assert "+11.1 pts" in text and 'id="paired"' in (tmp_path / "cmp" / "report.html").read_text()
 
 
@@ -127,18 +168,26 @@ def test_html_report_renders_in_headless_chromium(runs, tmp_path):
         assert "accuracy" in header and "95% CI" in header
         width, height = browser.execute_script(
             "const img = document.getElementById('accuracy-plot');"
-            "return [img.complete ? img.naturalWidth : 0, img.getBoundingClientRect().height];")
+            "return [img.complete ? img.naturalWidth : 0, img.getBoundingClientRect().height];"
+        )
         assert width > 500 and height > 100  # the embedded plot decoded and is laid out
         pairs = browser.find_elements(By.CSS_SELECTOR, "#paired tbody tr")  # both runs answered the same 3
-        assert [[td.text for td in r.find_elements(By.TAG_NAME, "td")][:3] for r in pairs] == \
-            [["single", "latent_mas", "3"]]
+        assert [[td.text for td in r.find_elements(By.TAG_NAME, "td")][:3] for r in pairs] == [
+            ["single", "latent_mas", "3"]
+        ]
     finally:
         browser.quit()
 
 
 def summary(accuracy=0.5, chance=0.25, failures=0, n=40):
-    return {"method": "latent_mas", "task": "arc_challenge", "n": n, "accuracy": accuracy, "chance": chance,
-            "extraction_failures": failures}
+    return {
+        "method": "latent_mas",
+        "task": "arc_challenge",
+        "n": n,
+        "accuracy": accuracy,
+        "chance": chance,
+        "extraction_failures": failures,
+    }
 
 
 def test_warnings_flag_below_chance_and_unreadable_outputs():
@@ -159,7 +208,9 @@ def test_warnings_flag_below_chance_and_unreadable_outputs():
 def test_chance_of_multiple_choice_examples():
     from diffmas.tasks import Example, get_task
 
-    exs = [Example(id="a", question="q", gold="A", meta={"labels": list("ABCD")}),
-           Example(id="b", question="q", gold="B", meta={"choices": ["x", "y"]})]
+    exs = [
+        Example(id="a", question="q", gold="A", meta={"labels": list("ABCD")}),
+        Example(id="b", question="q", gold="B", meta={"choices": ["x", "y"]}),
+    ]
     assert get_task("arc_challenge").chance(exs) == pytest.approx((0.25 + 0.5) / 2)
     assert get_task("gsm8k").chance(exs) is None

@@ -92,8 +92,9 @@ def test_agents_told_the_question_by_their_system(tiny_qwen, tmp_path):
             assert method.run([question])[0].final_text is not None
     assert asked == [[True, False, False, False], [True, False, False, True]]
     planner_unasked = tmp_path / "unasked.yaml"
-    planner_unasked.write_text("agents:\n  - {name: Planner, role: planner, question: false}\n"
-                               "  - {name: Judger, role: judger}\n")
+    planner_unasked.write_text(
+        "agents:\n  - {name: Planner, role: planner, question: false}\n  - {name: Judger, role: judger}\n"
+    )
     method = LatentMAS(lm, MethodConfig(), answer_format="Box it.", system=load_system(str(planner_unasked)))
     with pytest.raises(DiffMASError, match="Planner has question: false"):
         method.build_prompts([question])

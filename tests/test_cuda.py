@@ -26,8 +26,12 @@ from diffmas.train.trainer import Trainer
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ["What is 2 + 3?", "Tom has 17 apples. He gives 5 to Ann. How many are left?", "x",
-             "A train travels 60 km per hour for 3 hours. How far does it go?"]
+QUESTIONS = [
+    "What is 2 + 3?",
+    "Tom has 17 apples. He gives 5 to Ann. How many are left?",
+    "x",
+    "A train travels 60 km per hour for 3 hours. How far does it go?",
+]
 METHODS = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}
 
 
@@ -56,7 +60,10 @@ def test_trace_lives_on_the_gpu_and_matches_the_cpu(lms):
         width = max(map(len, prompts))
         assert len(cache) == cache.kv.get_seq_length() == 2 * width + 3
         assert [(s.agent, s.kind, len(s)) for s in cache.segments] == [
-            ("A", "prompt", width), ("A", "latent", 3), ("B", "prompt", width)]
+            ("A", "prompt", width),
+            ("A", "latent", 3),
+            ("B", "prompt", width),
+        ]
         assert h.device.type == lm.device.type == cache.real_lengths().device.type
         states.append(h)
     torch.testing.assert_close(states[1].cpu(), states[0], atol=1e-4, rtol=1e-4)
@@ -66,8 +73,7 @@ def test_trace_lives_on_the_gpu_and_matches_the_cpu(lms):
 @torch.no_grad()
 def test_greedy_answers_equal_the_cpus_and_ignore_batch_size(lms, method_name):
     cfg = MethodConfig(latent_steps=3, max_new_tokens=12, agent_max_new_tokens=6)
-    cpu, gpu = (METHODS[method_name](lm, cfg, answer_format="Box it.", system=load_system("sequential"))
-                for lm in lms)
+    cpu, gpu = (METHODS[method_name](lm, cfg, answer_format="Box it.", system=load_system("sequential")) for lm in lms)
     on_gpu = gpu.run(QUESTIONS)
     assert [t.final_text for t in on_gpu] == [t.final_text for t in cpu.run(QUESTIONS)]
     for q, t in zip(QUESTIONS, on_gpu):
@@ -87,16 +93,32 @@ def test_sampling_runs_on_the_gpu_and_is_seeded(lms, method_name):
 def test_bfloat16_latent_mas_runs_on_the_gpu():
     model, tokenizer = build_tiny_model("qwen2", seed=0, dtype=torch.bfloat16)
     lm = LM(model.to("cuda"), tokenizer)
-    method = LatentMAS(lm, MethodConfig(latent_steps=4, max_new_tokens=6), answer_format="Box it.",
-                       system=load_system("hierarchical"))
+    method = LatentMAS(
+        lm, MethodConfig(latent_steps=4, max_new_tokens=6), answer_format="Box it.", system=load_system("hierarchical")
+    )
     traces = method.run(QUESTIONS)
     assert len(traces) == len(QUESTIONS) and all(t.generated_tokens > 0 for t in traces)
 
 
 def train(model_dir: str, out: Path, device: str, **overrides) -> tuple[Trainer, dict]:
-    cfg = TrainConfig(model=model_dir, device=device, dtype="float32", task="synthetic-arith", limit=16,
-                      topology="sequential", latent_steps=2, lora_rank=4, lora_dropout=0.0, lr=1e-3, batch_size=2,
-                      max_steps=3, save_every=1, comm_dropout=0.3, out=str(out), **overrides)
+    cfg = TrainConfig(
+        model=model_dir,
+        device=device,
+        dtype="float32",
+        task="synthetic-arith",
+        limit=16,
+        topology="sequential",
+        latent_steps=2,
+        lora_rank=4,
+        lora_dropout=0.0,
+        lr=1e-3,
+        batch_size=2,
+        max_steps=3,
+        save_every=1,
+        comm_dropout=0.3,
+        out=str(out),
+        **overrides,
+    )
     trainer = Trainer(cfg, progress=False)
     return trainer, trainer.train()
 
@@ -129,13 +151,49 @@ def test_gpu_training_freezes_the_base_and_resumes(tiny_model_dir, tiny_qwen, tm
 
 def test_cli_eval_and_train_on_the_gpu(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train"
-    assert main(["train", "--config", str(ROOT / "configs" / "train-tiny.yaml"), "--model", tiny_model_dir,
-                 "--device", "cuda", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(ROOT / "configs" / "train-tiny.yaml"),
+                "--model",
+                tiny_model_dir,
+                "--device",
+                "cuda",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     for method in ("latent_mas", "diffmas"):
         extra = ["--adapter", str(out / "final")] if method == "diffmas" else []
         run = tmp_path / method
-        assert main(["eval", "--task", "synthetic-arith", "--limit", "6", "--model", tiny_model_dir, "--device", "cuda",
-                     "--method", method, "--latent-steps", "2", "--max-new-tokens", "8", "--out", str(run),
-                     *extra]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--task",
+                    "synthetic-arith",
+                    "--limit",
+                    "6",
+                    "--model",
+                    tiny_model_dir,
+                    "--device",
+                    "cuda",
+                    "--method",
+                    method,
+                    "--latent-steps",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--out",
+                    str(run),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         summary = json.loads((run / "summary.json").read_text())
         assert summary["n"] == 6 and summary["peak_memory_mb"] > 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from diffmas.agents import AgentSpec, SystemSpec, load_system
-from diffmas.engine import LM, AnswerCue, DecodePool, Sampling, looping
+from diffmas.decoding import AnswerCue, DecodePool, Sampling, decode, looping
+from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.latent import Realigner, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
@@ -43,8 +44,11 @@ def test_cache_lengths_and_segments_advance(lm):
     h, _ = run_latent_steps(lm, cache, "A", h, 3, Realigner(lm))
     assert len(cache) == width + 3
     lm.prefill(cache, "B", prompts)
-    assert [(s.agent, s.kind, len(s)) for s in cache.segments] == [("A", "prompt", width), ("A", "latent", 3),
-                                                                     ("B", "prompt", width)]
+    assert [(s.agent, s.kind, len(s)) for s in cache.segments] == [
+        ("A", "prompt", width),
+        ("A", "latent", 3),
+        ("B", "prompt", width),
+    ]
     assert cache.real_lengths().tolist() == [2 * len(p) + 3 for p in prompts]
     cache.truncate(width + 1)
     assert len(cache) == cache.kv.get_seq_length() == width + 1
@@ -120,8 +124,12 @@ def test_latent_steps_never_compute_logits(lm):
     calls = []
     handle = lm.head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
     try:
-        method = LatentMAS(lm, MethodConfig(latent_steps=5, max_new_tokens=4), answer_format="Box it.",
-                           system=load_system("sequential"))
+        method = LatentMAS(
+            lm,
+            MethodConfig(latent_steps=5, max_new_tokens=4),
+            answer_format="Box it.",
+            system=load_system("sequential"),
+        )
         traces = method.run(QUESTIONS[:2])
     finally:
         handle.remove()
@@ -155,15 +163,19 @@ def test_continuous_batching_never_changes_greedy_answers(lm, method_name):
     """Batches that join answers still being written (traces of other lengths, left-padded into one
     cache) give every problem the answer it gets alone, and each problem exactly once."""
     cls = {"single": SingleAgent, "text_mas": TextMAS, "latent_mas": LatentMAS}[method_name]
-    method = cls(lm, MethodConfig(latent_steps=2, max_new_tokens=10, agent_max_new_tokens=4),
-                 answer_format="Box it.", system=load_system("sequential"))
+    method = cls(
+        lm,
+        MethodConfig(latent_steps=2, max_new_tokens=10, agent_max_new_tokens=4),
+        answer_format="Box it.",
+        system=load_system("sequential"),
+    )
     questions = QUESTIONS + [q + " Explain." for q in QUESTIONS] + ["y"]
     stop = lm.stop_ids
     try:
         # Stop tokens taken from the answers themselves, so rows finish at different steps.
         lm.stop_ids = torch.tensor([], dtype=torch.long)
         p = method.prepare(questions[:3])
-        outs = lm.decode(p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
+        outs = decode(lm, p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
         for first in range(1, 7):  # the first choice of stop tokens that makes rows finish at different steps
             lm.stop_ids = torch.tensor(sorted({o[min(first + 3 * i, len(o) - 1)] for i, o in enumerate(outs)}))
             alone = [method.run([q])[0] for q in questions]
@@ -236,8 +248,10 @@ def test_merged_caches_give_each_row_its_own_next_state(lm):
     ha = lm.prefill(a, "A", [ids(lm, "a short one")])
     hb = lm.prefill(b, "A", [ids(lm, "a much longer prompt than the first, with more tokens"), ids(lm, "mid size")])
     token = torch.tensor([[5]])
-    alone = [lm.forward(c, "A", "text", torch.ones(n, 1, dtype=torch.long), input_ids=token.repeat(n, 1))
-             for c, n in ((a, 1), (b, 2))]
+    alone = [
+        lm.forward(c, "A", "text", torch.ones(n, 1, dtype=torch.long), input_ids=token.repeat(n, 1))
+        for c, n in ((a, 1), (b, 2))
+    ]
     a2, b2 = lm.new_cache(1), lm.new_cache(2)
     lm.prefill(a2, "A", [ids(lm, "a short one")])
     lm.prefill(b2, "A", [ids(lm, "a much longer prompt than the first, with more tokens"), ids(lm, "mid size")])
@@ -251,14 +265,19 @@ def test_merged_caches_give_each_row_its_own_next_state(lm):
 @torch.no_grad()
 def test_hierarchical_agents_do_not_see_each_other(lm):
     """A domain agent's latent thoughts are the same whether or not a sibling ran before it."""
-    sys2 = SystemSpec("h", "hierarchical", [AgentSpec("M", "math"), AgentSpec("S", "science"),
-                                             AgentSpec("F", "summariser")])
-    method = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.",
-                       system=sys2)
+    sys2 = SystemSpec(
+        "h", "hierarchical", [AgentSpec("M", "math"), AgentSpec("S", "science"), AgentSpec("F", "summariser")]
+    )
+    method = LatentMAS(
+        lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.", system=sys2
+    )
     trace = method.run([QUESTIONS[1]])[0]
-    alone = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3), answer_format="Box it.",
-                      system=SystemSpec("h1", "hierarchical",
-                                        [AgentSpec("S", "science"), AgentSpec("F", "summariser")]))
+    alone = LatentMAS(
+        lm,
+        MethodConfig(latent_steps=2, max_new_tokens=1, readout_k=3),
+        answer_format="Box it.",
+        system=SystemSpec("h1", "hierarchical", [AgentSpec("S", "science"), AgentSpec("F", "summariser")]),
+    )
     trace_alone = alone.run([QUESTIONS[1]])[0]
     assert trace.agents[1].readout == trace_alone.agents[0].readout
 
@@ -273,11 +292,15 @@ def test_question_stated_once_where_the_cache_already_holds_it(tiny_qwen, topolo
     question = QUESTIONS[1]
     texts, lengths = {}, {}
     for repeat in (True, False):
-        method = LatentMAS(lm, MethodConfig(latent_steps=1, max_new_tokens=2, repeat_question=repeat),
-                           answer_format="Box it.", system=system)
+        method = LatentMAS(
+            lm,
+            MethodConfig(latent_steps=1, max_new_tokens=2, repeat_question=repeat),
+            answer_format="Box it.",
+            system=system,
+        )
         prompts = method.build_prompts([question])
         texts[repeat] = [lm.tokenizer.decode(p[0]) for p in prompts]
-        lengths[repeat] = len(method.build_trace([question]).cache)
+        lengths[repeat] = len(method.build_context([question]).cache)
     asked = [question in t for t in texts[False]]
     # Sequential: the planner only. Hierarchical: every domain agent (they see no sibling), not the summariser.
     upstream = len(system.agents) - 1
@@ -320,7 +343,7 @@ def test_min_new_tokens_forbids_an_empty_answer(lm):
         runs = {}
         for k in (0, 1, 3):
             cache = lm.new_cache(1)
-            runs[k] = lm.decode(cache, "A", lm.prefill(cache, "A", [prompt]), 8, Sampling(min_new_tokens=k))[0]
+            runs[k] = decode(lm, cache, "A", lm.prefill(cache, "A", [prompt]), 8, Sampling(min_new_tokens=k))[0]
     finally:
         lm.stop_ids = stop
     assert runs[0] == [first]
@@ -347,10 +370,10 @@ def test_stop_loops_cuts_looping_rows_and_leaves_the_rest(lm):
     outs = {}
     for window in (0, 16):
         cache = lm.new_cache(len(prompts))
-        outs[window] = lm.decode(cache, "A", lm.prefill(cache, "A", prompts), 80, Sampling(stop_loops=window))
+        outs[window] = decode(lm, cache, "A", lm.prefill(cache, "A", prompts), 80, Sampling(stop_loops=window))
     cut = 0
     for full, short in zip(outs[0], outs[16]):
-        assert full[:len(short)] == short
+        assert full[: len(short)] == short
         if len(short) < len(full):
             cut += 1
             assert looping(short, 16) and not looping(short[:-1], 16)  # stopped at the first periodic window
@@ -404,12 +427,12 @@ def test_answer_cue_continues_unreadable_answers_as_one_longer_prompt_would(lm):
     for k in range(1, len(prompts)):
         own = bare[k].ids[:-1] if bare[k].ids[-1] in stop else bare[k].ids
         at = cued[k].cue_at
-        assert at == len(own) and cued[k].ids[:at] == own and cued[k].ids[at:at + len(cue.ids)] == cue.ids
-        after = cued[k].ids[at + len(cue.ids):]
+        assert at == len(own) and cued[k].ids[:at] == own and cued[k].ids[at : at + len(cue.ids)] == cue.ids
+        after = cued[k].ids[at + len(cue.ids) :]
         assert 1 <= len(after) <= cue.max_new_tokens
         alone = prompts[k] + own + cue.ids
         cache = lm.new_cache(1)
-        plain = lm.decode(cache, "A", lm.prefill(cache, "A", [alone]), len(after))[0]
+        plain = decode(lm, cache, "A", lm.prefill(cache, "A", [alone]), len(after))[0]
         assert after == plain
         assert _decode_all(lm, [prompts[k]], 12, replace(cue, readable=lambda key, text: False))[0].ids == cued[k].ids
 
@@ -422,13 +445,19 @@ def test_answer_cue_with_choices_answers_with_the_likeliest_one(lm):
     text = "\n\nTherefore, the letter of the correct option is \\boxed{"
     letters = [ids(lm, "A")[0], ids(lm, "B")[0]]
     close = ids(lm, "}")
-    cue = AnswerCue(text, ids(lm, text), lambda key, text: False, max_new_tokens=3,
-                    choices=lambda key: letters if key % 2 else None, close_ids=close)
+    cue = AnswerCue(
+        text,
+        ids(lm, text),
+        lambda key, text: False,
+        max_new_tokens=3,
+        choices=lambda key: letters if key % 2 else None,
+        close_ids=close,
+    )
     free = _decode_all(lm, prompts, 6, replace(cue, choices=None))
     for k, f in enumerate(_decode_all(lm, prompts, 6, cue)):
         if k % 2:
             start = f.cue_at + len(cue.ids)
-            assert f.ids[:start] == free[k].ids[:start] and f.ids[start + 1:] == close
+            assert f.ids[:start] == free[k].ids[:start] and f.ids[start + 1 :] == close
             assert f.ids[start] in letters and f.cue_tokens == len(cue.ids) + len(close)
             logits = _logits_after(lm, prompts[k] + f.ids[:start])
             assert f.ids[start] == max(letters, key=lambda t: logits[t])

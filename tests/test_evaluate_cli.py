@@ -7,7 +7,7 @@ import json
 import pytest
 
 from diffmas.cli import main
-from diffmas.evaluate import wilson_interval
+from diffmas.records import wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,28 @@ def model_dir(tiny_model_dir):
 
 
 def eval_args(model_dir, out, *extra):
-    return ["eval", "--model", model_dir, "--dtype", "float32", "--task", "synthetic-arith", "--limit", "5",
-            "--batch-size", "2", "--max-new-tokens", "6", "--agent-max-new-tokens", "4", "--latent-steps", "2",
-            "--out", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        model_dir,
+        "--dtype",
+        "float32",
+        "--task",
+        "synthetic-arith",
+        "--limit",
+        "5",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--agent-max-new-tokens",
+        "4",
+        "--latent-steps",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def read(out):
@@ -123,8 +142,21 @@ def test_unwritable_output_dir_is_reported(model_dir, tmp_path, capsys):
 
 
 def test_run_shows_latent_readout(model_dir, capsys):
-    argv = ["run", "--model", model_dir, "--dtype", "float32", "--question", "What is 2+3?", "--latent-steps", "2",
-            "--max-new-tokens", "4", "--readout-k", "2"]
+    argv = [
+        "run",
+        "--model",
+        model_dir,
+        "--dtype",
+        "float32",
+        "--question",
+        "What is 2+3?",
+        "--latent-steps",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--readout-k",
+        "2",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("2 latent steps") == 3 and "logit lens" in out and "answer:" in out
@@ -146,9 +178,27 @@ def test_wilson_interval():
 
 def test_demo_trains_then_compares_every_method_and_resumes(model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--model", model_dir, "--dtype", "float32", "--limit", "2", "--max-new-tokens", "4",
-            "--train-problems", "4", "--train-steps", "2", "--train-batch-size", "2", "--latent-steps", "2",
-            "--out", str(out)]
+    args = [
+        "demo",
+        "--model",
+        model_dir,
+        "--dtype",
+        "float32",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--train-problems",
+        "4",
+        "--train-steps",
+        "2",
+        "--train-batch-size",
+        "2",
+        "--latent-steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "takes about" in text
@@ -176,8 +226,7 @@ def test_run_requires_a_question(capsys):
 def test_models_lists_every_offline_model_with_install_commands(capsys, tmp_path):
     assert main(["models", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct",
-                 "gemma-3-270m"):
+    for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"):
         assert name in out
     assert "* qwen2.5-coder-0.5b-instruct" in out  # the default is marked
     assert main(["models", "install"]) == 2  # a name is required
@@ -199,7 +248,8 @@ def test_samples_report_per_seed_accuracy_majority_and_agreement(model_dir, tmp_
     assert "accuracy per seed" in capsys.readouterr().out
     records = read(out)
     assert sorted((r["id"], r["sample"]) for r in records) == sorted(
-        (i, s) for i in {r["id"] for r in records} for s in range(3))
+        (i, s) for i in {r["id"] for r in records} for s in range(3)
+    )
     assert len(records) == 15
     outputs = {}
     for r in records:
@@ -217,11 +267,19 @@ def test_samples_report_per_seed_accuracy_majority_and_agreement(model_dir, tmp_
 
 
 def test_stability_statistics():
-    from diffmas.evaluate import stability
+    from diffmas.records import stability
 
-    rows = [("a", 0, "1", True), ("a", 1, "1", True), ("a", 2, "2", False),
-            ("b", 0, "5", False), ("b", 1, "6", False), ("b", 2, "7", True),
-            ("c", 0, "3", True), ("c", 1, "3", True), ("c", 2, "3", True)]
+    rows = [
+        ("a", 0, "1", True),
+        ("a", 1, "1", True),
+        ("a", 2, "2", False),
+        ("b", 0, "5", False),
+        ("b", 1, "6", False),
+        ("b", 2, "7", True),
+        ("c", 0, "3", True),
+        ("c", 1, "3", True),
+        ("c", 2, "3", True),
+    ]
     records = [{"id": i, "sample": s, "prediction": p, "correct": c} for i, s, p, c in rows]
     st = stability(records, 3)
     assert st["per_seed_accuracy"] == [2 / 3, 2 / 3, 2 / 3] and st["std"] == 0
@@ -253,8 +311,14 @@ def test_answer_cue_answers_only_what_could_not_be_read(model_dir, tmp_path, cap
     assert summary["cued_correct"] == sum(after[i]["correct"] for i in unread)
     assert json.loads((bare / "summary.json").read_text())["answers_cued"] == 0
     sampled = tmp_path / "sampled"
-    assert main(eval_args(model_dir, sampled, "--method", "single", "--limit", "8", "--samples", "2",
-                          "--temperature", "0.7")) == 0
+    assert (
+        main(
+            eval_args(
+                model_dir, sampled, "--method", "single", "--limit", "8", "--samples", "2", "--temperature", "0.7"
+            )
+        )
+        == 0
+    )
     s = json.loads((sampled / "summary.json").read_text())
     first = [r for r in read(sampled) if r.get("sample", 0) == 0]
     assert s["answers"] == 16 and s["n"] == 8 and s["answers_cued"] == sum(r["answer_cued"] for r in first)
@@ -267,8 +331,10 @@ def test_answer_cue_of_each_task_family(tiny_qwen):
     from diffmas.tasks import Example, get_task
 
     lm = LM(*tiny_qwen)
-    mc = [Example("q1", "Which? A) x B) y C) z", "B", {"choices": ["x", "y", "z"]}),
-          Example("q2", "Which? A) x B) y C) z D) w", "D", {"labels": ["A", "B", "C", "D"]})]
+    mc = [
+        Example("q1", "Which? A) x B) y C) z", "B", {"choices": ["x", "y", "z"]}),
+        Example("q2", "Which? A) x B) y C) z D) w", "D", {"labels": ["A", "B", "C", "D"]}),
+    ]
     cue = answer_cue(get_task("arc_challenge"), lm, lambda: mc)
     assert lm.decode_text(cue.ids).endswith("the letter of the correct option is \\boxed{")
     assert [lm.decode_text([t]) for t in cue.choices(0)] == ["A", "B", "C"]

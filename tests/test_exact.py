@@ -1,4 +1,4 @@
-"""Batch-invariant inference (diffmas.models.exact): a row's bits do not depend on its batch."""
+"""Batch-invariant inference (diffmas.kernels.exact): a row's bits do not depend on its batch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import torch
 from diffmas.agents import load_system
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
+from diffmas.kernels.attention import diffmas_cpu_attention, use_cpu_attention
+from diffmas.kernels.exact import invariant_attention, make_batch_invariant
+from diffmas.kernels.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
+from diffmas.kernels.rows import MIN_ROWS, at_least_rows
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.models import build_tiny_model
-from diffmas.models.attention import diffmas_cpu_attention, use_cpu_attention
-from diffmas.models.exact import MIN_ROWS, at_least_rows, make_batch_invariant, invariant_attention
-from diffmas.models.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +50,7 @@ def test_padded_products_give_each_row_the_bits_of_a_full_batch():
     x = torch.randn(16, 4864).to(torch.bfloat16)
     batch = layer(x)
     for i in range(16):
-        assert torch.equal(layer(x[i:i + 1]), batch[i:i + 1])
+        assert torch.equal(layer(x[i : i + 1]), batch[i : i + 1])
         assert torch.equal(layer(x[i]), batch[i])  # a 1-D input too
 
 
@@ -64,7 +65,7 @@ def _left_padded(lengths: list[int], q_len: int, heads=(4, 2), d=16, dtype=torch
     v = torch.randn(b, hk, width, d, generator=g).to(dtype)
     real = torch.zeros(b, width, dtype=torch.bool)
     for i, n in enumerate(lengths):
-        real[i, width - n:] = True
+        real[i, width - n :] = True
     causal = torch.ones(q_len, width, dtype=torch.bool).tril(width - q_len)
     mask = (causal[None] & real[:, None, :])[:, None]  # (B, 1, T, L)
     return q, k, v, mask
@@ -81,10 +82,16 @@ def test_invariant_attention_gives_each_row_what_it_gets_alone(q_len):
     out, _ = attention(module, q, k, v, mask, scaling=0.25)
     width = max(lengths)
     for i, n in enumerate(lengths):
-        alone_q, alone_k, alone_v, alone_mask = (t[i:i + 1] for t in (q, k, v, mask))
+        alone_q, alone_k, alone_v, alone_mask = (t[i : i + 1] for t in (q, k, v, mask))
         real_q = slice(q_len - min(q_len, n), q_len)
-        alone, _ = attention(module, alone_q[:, :, real_q], alone_k[:, :, width - n:], alone_v[:, :, width - n:],
-                             alone_mask[:, :, real_q, width - n:], scaling=0.25)
+        alone, _ = attention(
+            module,
+            alone_q[:, :, real_q],
+            alone_k[:, :, width - n :],
+            alone_v[:, :, width - n :],
+            alone_mask[:, :, real_q, width - n :],
+            scaling=0.25,
+        )
         assert torch.equal(out[i, real_q], alone[0])
     # Queries that are pads get zeros, never NaN.
     assert torch.isfinite(out).all()
@@ -118,7 +125,8 @@ def test_chunked_attention_computes_attention():
     with torch.no_grad():
         out, _ = attention(torch.nn.Module(), q, k, v, mask, scaling=0.125)
         ref = torch.nn.functional.scaled_dot_product_attention(
-            q, k.repeat_interleave(7, 1), v.repeat_interleave(7, 1), attn_mask=mask, scale=0.125)
+            q, k.repeat_interleave(7, 1), v.repeat_interleave(7, 1), attn_mask=mask, scale=0.125
+        )
     torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
@@ -137,8 +145,12 @@ def _exact_lm(arch: str, exact: bool) -> LM:
 @torch.no_grad()
 def test_bfloat16_rows_are_bit_identical_at_batch_1_and_16(arch, cls):
     lm = _exact_lm(arch, exact=True)
-    method = cls(lm, MethodConfig(latent_steps=3, max_new_tokens=12, agent_max_new_tokens=6),
-                 answer_format="Box it.", system=load_system("sequential"))
+    method = cls(
+        lm,
+        MethodConfig(latent_steps=3, max_new_tokens=12, agent_max_new_tokens=6),
+        answer_format="Box it.",
+        system=load_system("sequential"),
+    )
     questions = (QUESTIONS * 4)[:16]
     batched = method.prepare(questions).last_hidden
     answers = method.run(questions)
@@ -198,7 +210,7 @@ def test_the_option_reaches_the_loaded_model(tiny_model_dir):
     from diffmas.config import add_arguments, from_args
     from diffmas.engine import ModelConfig
     from diffmas.evaluate import EvalConfig
-    from diffmas.models.exact import is_batch_invariant
+    from diffmas.kernels.exact import is_batch_invariant
 
     assert is_batch_invariant(ModelConfig(model=tiny_model_dir, batch_invariant=True).load_lm().model)
     assert not is_batch_invariant(ModelConfig(model=tiny_model_dir).load_lm().model)

@@ -25,8 +25,25 @@ pytestmark = [
 def test_eval_latent_mas_on_gsm8k_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFMAS_DATA_DIR", str(SHARED_DATA))
     out = tmp_path / "run"
-    argv = ["eval", "--task", "gsm8k", "--split", "train", "--offset", "-2", "--method", "latent_mas",
-            "--latent-steps", "4", "--batch-size", "2", "--max-new-tokens", "48", "--out", str(out)]
+    argv = [
+        "eval",
+        "--task",
+        "gsm8k",
+        "--split",
+        "train",
+        "--offset",
+        "-2",
+        "--method",
+        "latent_mas",
+        "--latent-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "48",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     # Written as answers finish, in batches formed by length: the order is not the data's.
@@ -36,8 +53,17 @@ def test_eval_latent_mas_on_gsm8k_offline(tmp_path, monkeypatch, capsys):
 
 
 def test_run_prints_agent_contributions(capsys):
-    argv = ["run", "--question", "What is 12 + 30?", "--method", "latent_mas", "--latent-steps", "3",
-            "--max-new-tokens", "64"]
+    argv = [
+        "run",
+        "--question",
+        "What is 12 + 30?",
+        "--method",
+        "latent_mas",
+        "--latent-steps",
+        "3",
+        "--max-new-tokens",
+        "64",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     for agent in ("Planner", "Critic", "Refiner", "Judger"):

@@ -7,8 +7,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from diffmas.agents import load_system
-from diffmas.cache import GrowingLayer
 from diffmas.engine import LM
+from diffmas.kv_trace import GrowingLayer
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,8 +78,9 @@ def test_greedy_answers_equal_those_of_the_plain_cache(tiny_qwen, monkeypatch, m
     questions = ["What is 2 + 3?", "Tom has 17 apples and gives 5 away. How many are left?", "x", "2 * 21?"]
     cls = {"single": SingleAgent, "latent_mas": LatentMAS}[method_name]
     system = load_system("sequential") if method_name == "latent_mas" else None
-    method = cls(lm, MethodConfig(latent_steps=3, max_new_tokens=12, min_new_tokens=0), answer_format="Box it.",
-                 system=system)
+    method = cls(
+        lm, MethodConfig(latent_steps=3, max_new_tokens=12, min_new_tokens=0), answer_format="Box it.", system=system
+    )
 
     def answers() -> list[str]:
         got = dict(method.run_stream(questions, batch_size=2, refill=1.0))

@@ -46,17 +46,24 @@ def test_local_generative_task_runs_through_a_latent_system(tiny_model_dir, tmp_
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "task.yaml").write_text(TASK.format(data=data))
     model_args = f"model={tiny_model_dir},dtype=float32,method=latent_mas,latent_steps=2,batch_size=2"
-    results = lm_eval.simple_evaluate(model="diffmas", model_args=model_args, tasks=["diffmas_local_arith"],
-                                      task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-                                      log_samples=True)
+    results = lm_eval.simple_evaluate(
+        model="diffmas",
+        model_args=model_args,
+        tasks=["diffmas_local_arith"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        log_samples=True,
+    )
     assert results["results"]["diffmas_local_arith"]["exact_match,none"] == 0.0  # a random tiny model
     samples = results["samples"]["diffmas_local_arith"]
     assert len(samples) == 3
     # Each response is what the latent system writes for lm_eval's prompt, cut at a stop string.
     lm = LM(*load_model(tiny_model_dir, dtype="float32"))
-    method = LatentMAS(lm, MethodConfig(latent_steps=2, max_new_tokens=6),
-                       answer_format="End with the final answer on its own line.",
-                       system=load_system(None, None))
+    method = LatentMAS(
+        lm,
+        MethodConfig(latent_steps=2, max_new_tokens=6),
+        answer_format="End with the final answer on its own line.",
+        system=load_system(None, None),
+    )
     prompts = [f"Question: {d['question']}\nAnswer:" for d in DOCS]
     with torch.inference_mode():
         expected = [cut(t.final_text, ["\n\n", "Question:"]) for t in method.run(prompts)]
@@ -85,9 +92,22 @@ def test_lm_eval_command_line_with_the_model_registered(tiny_model_dir, tmp_path
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "task.yaml").write_text(TASK.format(data=data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "diffmas.lm_eval_adapter", "run", "--model", "diffmas", "--model_args",
-           f"model={tiny_model_dir},dtype=float32,method=text_mas,max_new_tokens=6,agent_max_new_tokens=4",
-           "--batch_size", "2", "--tasks", "diffmas_local_arith", "--include_path", str(tmp_path / "tasks")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffmas.lm_eval_adapter",
+        "run",
+        "--model",
+        "diffmas",
+        "--model_args",
+        f"model={tiny_model_dir},dtype=float32,method=text_mas,max_new_tokens=6,agent_max_new_tokens=4",
+        "--batch_size",
+        "2",
+        "--tasks",
+        "diffmas_local_arith",
+        "--include_path",
+        str(tmp_path / "tasks"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "diffmas_local_arith" in proc.stdout and "exact_match" in proc.stdout

@@ -20,10 +20,10 @@ from diffmas.models import (
     is_cached,
     list_models,
     load_model,
+    loading,
     stop_token_ids,
 )
-from diffmas.models import cache as model_cache
-from diffmas.models import loading
+from diffmas.models import store as model_cache
 from diffmas.models.registry import OfflineModel
 
 REGISTRY_NAMES = {
@@ -235,9 +235,7 @@ def local_parts_entry(monkeypatch, tmp_path):
            for f in dataclasses.fields(OfflineModel)},
         files=tuple(parts),
     )  # fmt: skip
-    entry = dataclasses.replace(
-        entry, name="local-parts", sha256=hashlib.sha256(b"GGUF-first-second").hexdigest()
-    )
+    entry = dataclasses.replace(entry, name="local-parts", sha256=hashlib.sha256(b"GGUF-first-second").hexdigest())
     monkeypatch.setitem(OFFLINE_MODELS, entry.name, entry)
     seen = []
 
@@ -265,7 +263,7 @@ def test_build_cache_then_load_from_cache(local_parts_entry, tmp_path, monkeypat
     for (k, a), b in zip(model.state_dict().items(), cached.state_dict().values()):
         assert torch.equal(a, b), k
     assert cached_tok.chat_template == tok.chat_template and cached_tok.padding_side == "left"
-    # SDPA, with one-token queries routed through matrix products on CPU (diffmas.models.attention)
+    # SDPA, with one-token queries routed through matrix products on CPU (diffmas.kernels.attention)
     assert cached.config._attn_implementation == "diffmas_cpu" and not cached.training
     bf16, _ = load_model("local-parts", cache_dir=cache_dir)
     assert bf16.dtype == torch.bfloat16  # the default dtype
@@ -339,8 +337,7 @@ def test_tiny_chat_template_and_stop_ids(tiny_qwen):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+3?<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+3?<|im_end|>\n<|im_start|>assistant\n"
     )
     ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     assert tok.decode(ids) == text.removesuffix("<|im_start|>assistant\n")
@@ -371,9 +368,7 @@ def test_real_qwen_answers_two_plus_three():
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok, model)
     assert tok.padding_side == "left" and tok.pad_token is not None
     messages = [{"role": "user", "content": "What is 2+3?"}]
-    batch = tok.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    batch = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**batch, max_new_tokens=16, do_sample=False)
     answer = tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in answer, answer

@@ -11,9 +11,9 @@ from torch import nn
 
 from diffmas.agents import load_system
 from diffmas.engine import LM
+from diffmas.kernels.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent
 from diffmas.models import build_tiny_model
-from diffmas.models.packed import PackedLinear, fuse_sibling_layers, pack_linear_layers, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN packed linear")
 
@@ -84,8 +84,7 @@ def test_lora_training_unchanged_by_packing_and_fusing():
         if packed:
             pack_linear_layers(model)
             fuse_sibling_layers(model)
-        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                            init_lora_weights=False)
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], init_lora_weights=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             model = get_peft_model(model, config)  # the same random, non-zero adapters both times

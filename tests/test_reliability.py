@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffmas import checkpoint as ckpt
 from diffmas.cli import main
 from diffmas.errors import DiffMASError
-from diffmas.train import checkpoint as ckpt
 from diffmas.train.config import TrainConfig
 from diffmas.train.trainer import Trainer
 
@@ -28,8 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return {f"{f.relative_to(path)}:{k}": t for f in sorted(path.rglob("*.safetensors"))
-            for k, t in load_file(str(f)).items()}
+    return {
+        f"{f.relative_to(path)}:{k}": t
+        for f in sorted(path.rglob("*.safetensors"))
+        for k, t in load_file(str(f)).items()
+    }
 
 
 def lines(path: Path) -> list[dict]:
@@ -70,8 +73,23 @@ def steps_logged(out: Path) -> int:
 
 
 def test_training_killed_again_and_again_ends_like_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    flags = ["train", "--config", TINY_CONFIG, "--model", tiny_model_dir, "--max-steps", "12", "--save-every", "1",
-             "--keep-checkpoints", "2", "--comm-dropout", "0.3", "--lora-dropout", "0.1"]
+    flags = [
+        "train",
+        "--config",
+        TINY_CONFIG,
+        "--model",
+        tiny_model_dir,
+        "--max-steps",
+        "12",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+        "--comm-dropout",
+        "0.3",
+        "--lora-dropout",
+        "0.1",
+    ]
     straight = tmp_path / "straight"
     subprocess.run(cli(*flags, "--out", str(straight)), env=quiet_env(), check=True, capture_output=True)
     out = tmp_path / "killed"
@@ -82,12 +100,14 @@ def test_training_killed_again_and_again_ends_like_an_uninterrupted_run(tiny_mod
         assert launches < 40, "the run never finished"
         resume = ["--resume"] if out.exists() else []
         before = steps_logged(out)
-        proc = subprocess.Popen(cli(*flags, "--out", str(out), *resume), env=quiet_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cli(*flags, "--out", str(out), *resume), env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         # Kill at a random moment once the run has logged a new step (or, on every third
         # launch, at a random moment of its start-up), until five kills have landed.
-        if kills < 5 and kill_when(proc, (lambda: True) if launches % 3 == 0 else
-                                   (lambda: steps_logged(out) > before), rng):
+        if kills < 5 and kill_when(
+            proc, (lambda: True) if launches % 3 == 0 else (lambda: steps_logged(out) > before), rng
+        ):
             kills += 1
             continue
         _, err = proc.communicate(timeout=300)
@@ -103,8 +123,19 @@ def test_training_killed_again_and_again_ends_like_an_uninterrupted_run(tiny_mod
 
 def test_a_damaged_checkpoint_is_skipped_with_a_warning(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--config", TINY_CONFIG, "--model", tiny_model_dir, "--out", str(out), "--save-every", "1",
-            "--keep-checkpoints", "0"]
+    args = [
+        "train",
+        "--config",
+        TINY_CONFIG,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        str(out),
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "0",
+    ]
     assert main([*args, "--max-steps", "3"]) == 0
     final = out / "final"
     assert ckpt.damage(final) is None
@@ -128,6 +159,7 @@ REAL_LOSS = Trainer.loss
 
 def poison(first_step: int, value: float, once: bool = False):
     """Trainer.loss multiplied by ``value`` (nan or inf) from ``first_step`` on (or at it only)."""
+
     def loss(self, batch):
         out = REAL_LOSS(self, batch)
         if self.step == first_step or (self.step > first_step and not once):
@@ -138,9 +170,20 @@ def poison(first_step: int, value: float, once: bool = False):
 
 
 def test_nan_losses_are_skipped_then_the_run_stops_with_a_usable_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
-    cfg = TrainConfig(model=tiny_model_dir, dtype="float32", task="synthetic-arith", limit=16, latent_steps=1,
-                      lora_rank=4, lora_dropout=0.0, batch_size=2, max_steps=10, save_every=100, max_bad_steps=3,
-                      out=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        model=tiny_model_dir,
+        dtype="float32",
+        task="synthetic-arith",
+        limit=16,
+        latent_steps=1,
+        lora_rank=4,
+        lora_dropout=0.0,
+        batch_size=2,
+        max_steps=10,
+        save_every=100,
+        max_bad_steps=3,
+        out=str(tmp_path / "run"),
+    )
     monkeypatch.setattr(Trainer, "loss", poison(2, float("nan")))
     trainer = Trainer(cfg, progress=False)
     with pytest.raises(DiffMASError, match="3 steps in a row") as err:
@@ -165,13 +208,54 @@ def test_same_seed_same_loss_curve_and_same_greedy_answers(tiny_model_dir, tmp_p
     curves, answers = [], []
     for run in ("a", "b"):
         out = tmp_path / run
-        assert main(["train", "--config", TINY_CONFIG, "--model", tiny_model_dir, "--out", str(out),
-                     "--comm-dropout", "0.5", "--lora-dropout", "0.2"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    TINY_CONFIG,
+                    "--model",
+                    tiny_model_dir,
+                    "--out",
+                    str(out),
+                    "--comm-dropout",
+                    "0.5",
+                    "--lora-dropout",
+                    "0.2",
+                ]
+            )
+            == 0
+        )
         curves.append([(r["loss"], r["grad_norm"]) for r in lines(out / "log.jsonl")])
         ev = tmp_path / f"eval-{run}"
-        assert main(["eval", "--model", tiny_model_dir, "--dtype", "float32", "--task", "synthetic-arith",
-                     "--limit", "4", "--batch-size", "2", "--max-new-tokens", "6", "--latent-steps", "2",
-                     "--method", "diffmas", "--adapter", str(out), "--out", str(ev)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    tiny_model_dir,
+                    "--dtype",
+                    "float32",
+                    "--task",
+                    "synthetic-arith",
+                    "--limit",
+                    "4",
+                    "--batch-size",
+                    "2",
+                    "--max-new-tokens",
+                    "6",
+                    "--latent-steps",
+                    "2",
+                    "--method",
+                    "diffmas",
+                    "--adapter",
+                    str(out),
+                    "--out",
+                    str(ev),
+                ]
+            )
+            == 0
+        )
         answers.append([(r["id"], r["output"]) for r in lines(ev / "records.jsonl")])
     assert curves[0] == curves[1] and len(curves[0]) == 4
     assert answers[0] == answers[1] and len(answers[0]) == 4
@@ -179,9 +263,27 @@ def test_same_seed_same_loss_curve_and_same_greedy_answers(tiny_model_dir, tmp_p
 
 def test_eval_killed_mid_run_resumes_with_one_record_per_example(tiny_model_dir, tmp_path):
     out = tmp_path / "ev"
-    args = ["eval", "--model", tiny_model_dir, "--dtype", "float32", "--task", "synthetic-arith", "--limit", "24",
-            "--batch-size", "2", "--max-new-tokens", "8", "--agent-max-new-tokens", "4", "--method", "text_mas",
-            "--out", str(out)]
+    args = [
+        "eval",
+        "--model",
+        tiny_model_dir,
+        "--dtype",
+        "float32",
+        "--task",
+        "synthetic-arith",
+        "--limit",
+        "24",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--agent-max-new-tokens",
+        "4",
+        "--method",
+        "text_mas",
+        "--out",
+        str(out),
+    ]
     rng = random.Random(1)
     records = out / "records.jsonl"
 
@@ -191,8 +293,12 @@ def test_eval_killed_mid_run_resumes_with_one_record_per_example(tiny_model_dir,
     kills = 0
     for attempt in range(30):
         before = written()
-        proc = subprocess.Popen(cli(*args, *(["--resume"] if attempt else [])), env=quiet_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cli(*args, *(["--resume"] if attempt else [])),
+            env=quiet_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         if kills < 3 and kill_when(proc, lambda: written() > before, rng):
             kills += 1
             continue

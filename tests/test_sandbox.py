@@ -79,8 +79,10 @@ def test_concurrent_runs_keep_order():
 # ----------------------------------------------------------------------- hostile programs
 HOSTILE = {
     "infinite_loop": ("while True:\n    pass\n", {"timeout"}),
-    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-                  {"timeout"}),
+    "fork_bomb": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        {"timeout"},
+    ),
     "fork_bomb_plain": ("import os\nwhile True:\n    os.fork()\n", {"error", "timeout"}),
     "memory_hog": ("x = bytearray(8 * 2**30)\n", {"error"}),
     "memory_growth": ("chunks = []\nwhile True:\n    chunks.append(' ' * 10**6)\n", {"error"}),
@@ -95,14 +97,21 @@ HOSTILE = {
     "kill_everything": ("import os\nos.kill(-1, 9)\n", {"error"}),
     "sys_exit_early": ("import sys\nsys.exit(0)\nassert False\n", {"fail"}),
     "os_exit_early": ("import os\nos._exit(0)\nassert False\n", {"fail"}),
-    "forged_pass": ("import os\nprint('pass 0123456789abcdef', flush=True)\n"
-                    "for fd in range(3, 10):\n    try:\n        os.write(fd, b'pass 0123456789abcdef\\n')\n"
-                    "    except OSError:\n        pass\nos._exit(0)\n", {"fail"}),
-    "ignore_sigterm": ("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass\n",
-                       {"timeout"}),
+    "forged_pass": (
+        "import os\nprint('pass 0123456789abcdef', flush=True)\n"
+        "for fd in range(3, 10):\n    try:\n        os.write(fd, b'pass 0123456789abcdef\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n",
+        {"fail"},
+    ),
+    "ignore_sigterm": (
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass\n",
+        {"timeout"},
+    ),
     "stdin_read": ("import sys\nassert sys.stdin.read() == ''\ninput()\n", {"error"}),
-    "sleeping_child": ("import os, time\nif os.fork() == 0:\n    time.sleep(60)\nelse:\n    time.sleep(60)\n",
-                       {"timeout"}),
+    "sleeping_child": (
+        "import os, time\nif os.fork() == 0:\n    time.sleep(60)\nelse:\n    time.sleep(60)\n",
+        {"timeout"},
+    ),
     "segfault": ("import ctypes\nctypes.string_at(0)\n", {"error"}),
 }
 
@@ -127,8 +136,10 @@ def test_network_is_blocked():
         assert guarded.status == "error" and "network" in guarded.reason
         # The C-level socket type gets past the Python guard; as root the empty network namespace
         # still stops it.
-        raw = contained("import socket\ns = socket.socket.__mro__[-2](socket.AF_INET, socket.SOCK_STREAM)\n"
-                        f"s.settimeout(1)\ns.connect(('127.0.0.1', {port}))\ns.sendall(b'leak')\n")
+        raw = contained(
+            "import socket\ns = socket.socket.__mro__[-2](socket.AF_INET, socket.SOCK_STREAM)\n"
+            f"s.settimeout(1)\ns.connect(('127.0.0.1', {port}))\ns.sendall(b'leak')\n"
+        )
         if ROOT:
             assert raw.status == "error"
         with pytest.raises(socket.timeout):
@@ -139,16 +150,19 @@ def test_network_is_blocked():
 
 def test_huge_output_is_capped():
     limits = SandboxLimits(timeout=3.0, memory_mb=256, max_output_bytes=10_000)
-    result = contained("import sys\nfor _ in range(20000):\n    print('y' * 1000)\n"
-                       "sys.stderr.write('e' * 10**6)\n", limits)
+    result = contained(
+        "import sys\nfor _ in range(20000):\n    print('y' * 1000)\nsys.stderr.write('e' * 10**6)\n", limits
+    )
     assert result.status == "pass"
     assert len(result.stdout) < 10_100 and "more bytes not kept" in result.stdout
     assert len(result.stderr) < 10_100
 
 
 def test_threads_that_never_finish_do_not_block_a_pass():
-    result = contained("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
-                       "assert 1 + 1 == 2\n", bound=3.0)
+    result = contained(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nassert 1 + 1 == 2\n",
+        bound=3.0,
+    )
     assert result.status == "pass"
 
 
@@ -159,8 +173,10 @@ def test_cpu_time_limit():
 
 @pytest.mark.skipif(not ROOT, reason="killing processes that left the group needs a uid of their own")
 def test_process_that_left_the_group_is_killed():
-    program = ("import ctypes, os, time\nif os.fork() == 0:\n    ctypes.CDLL(None).setsid()\n"
-               "    print(os.getpid(), flush=True)\n    time.sleep(60)\n    os._exit(0)\ntime.sleep(0.3)\n")
+    program = (
+        "import ctypes, os, time\nif os.fork() == 0:\n    ctypes.CDLL(None).setsid()\n"
+        "    print(os.getpid(), flush=True)\n    time.sleep(60)\n    os._exit(0)\ntime.sleep(0.3)\n"
+    )
     result = contained(program)
     assert result.status == "pass"
     escaped = int(result.stdout.split()[0])

@@ -39,39 +39,55 @@ def gsm_row(q: str, a: str) -> dict:
 
 
 # ----------------------------------------------------------------------- math answers
-@pytest.mark.parametrize("text, expected", [
-    (r"so it is \boxed{\frac{1}{2}}", "0.5"),
-    (r"\boxed{\boxed{5}}", "5"),
-    (r"first \boxed{3}, corrected: \boxed{\text{4}}", "4"),
-    (r"\boxed{\left(\frac{1}{2}\right)}", "0.5"),
-    (r"\boxed 5 is it", "5"),
-    (r"\fbox{7}", "7"),
-    (r"\boxed{\$1,000}", "1000"),
-    (r"\boxed{1{,}000}", "1000"),
-    (r"\boxed{18.0}", "18"),
-    (r"\boxed{18 \text{ apples}}", "18"),
-    (r"\boxed{x = -\dfrac{3}{4}}", "-0.75"),
-    (r"\boxed{50\%}", "50"),
-    (r"\boxed{\sqrt{2}}", r"\sqrt{2}"),
-    ("The answer is $1,234.50.", "1234.5"),
-    ("Total so far 3, then 4. The answer is: 12 cookies", "12"),
-    ("She has 48/2 = <<48/2=24>>24 left.\n#### 1,000", "1000"),
-    ("It drops 5-3=2 degrees", "2"),
-    ("the balance is -5.", "-5"),
-    ("no numbers here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so it is \boxed{\frac{1}{2}}", "0.5"),
+        (r"\boxed{\boxed{5}}", "5"),
+        (r"first \boxed{3}, corrected: \boxed{\text{4}}", "4"),
+        (r"\boxed{\left(\frac{1}{2}\right)}", "0.5"),
+        (r"\boxed 5 is it", "5"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{\$1,000}", "1000"),
+        (r"\boxed{1{,}000}", "1000"),
+        (r"\boxed{18.0}", "18"),
+        (r"\boxed{18 \text{ apples}}", "18"),
+        (r"\boxed{x = -\dfrac{3}{4}}", "-0.75"),
+        (r"\boxed{50\%}", "50"),
+        (r"\boxed{\sqrt{2}}", r"\sqrt{2}"),
+        ("The answer is $1,234.50.", "1234.5"),
+        ("Total so far 3, then 4. The answer is: 12 cookies", "12"),
+        ("She has 48/2 = <<48/2=24>>24 left.\n#### 1,000", "1000"),
+        ("It drops 5-3=2 degrees", "2"),
+        ("the balance is -5.", "-5"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
 def test_extract_math_answer(text, expected):
     assert extract_math_answer(text) == expected
 
 
-@pytest.mark.parametrize("pred, gold, same", [
-    ("18.0", "18", True), ("1,000", "1000", True), ("$1,000", "1000", True),
-    (r"\frac{1}{2}", "0.5", True), (r"\dfrac{14}{3}", r"\frac{14}{3}", True), ("-3", "-3", True),
-    ("-3", "3", False), ("17", "18", False), ("0.3333333", "1/3", True), ("0.333", "1/3", False),
-    (r"\sqrt{4}", "2", True), (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}", True),
-    (r"(3, \frac{\pi}{2})", r"\left(3, \frac{\pi}{2}\right)", True), (None, "1", False), ("", "0", False),
-])
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("18.0", "18", True),
+        ("1,000", "1000", True),
+        ("$1,000", "1000", True),
+        (r"\frac{1}{2}", "0.5", True),
+        (r"\dfrac{14}{3}", r"\frac{14}{3}", True),
+        ("-3", "-3", True),
+        ("-3", "3", False),
+        ("17", "18", False),
+        ("0.3333333", "1/3", True),
+        ("0.333", "1/3", False),
+        (r"\sqrt{4}", "2", True),
+        (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}", True),
+        (r"(3, \frac{\pi}{2})", r"\left(3, \frac{\pi}{2}\right)", True),
+        (None, "1", False),
+        ("", "0", False),
+    ],
+)
 def test_math_equal(pred, gold, same):
     assert math_equal(pred, gold) is same
 
@@ -80,37 +96,67 @@ def test_math_equal(pred, gold, same):
 OPTS = ["fog", "rain", "drought", "a magnet"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    (r"\boxed{B}", "B"), (r"\boxed{(C)}", "C"), (r"\boxed{D) a magnet}", "D"), (r"\boxed{\text{B}}", "B"),
-    (r"\boxed{Drought}", "C"), (r"\boxed{A magnet}", "D"), ("The answer is B.", "B"),
-    ("Answer: (C) drought", "C"), ("The answer is **D**", "D"), ("b", "B"),
-    ("(A) fog or (B) rain... I pick (C)", "C"), (r"\boxed{E}", None), ("The answer is E.", None),
-    ("I am not sure", None),
-    ("Therefore, the correct option is C.", "C"), ("The correct option is D) drought", "D"),
-    ("Option A is wrong. Option B is wrong.", None), ("The letter of the correct option is COPERNicus.", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"\boxed{B}", "B"),
+        (r"\boxed{(C)}", "C"),
+        (r"\boxed{D) a magnet}", "D"),
+        (r"\boxed{\text{B}}", "B"),
+        (r"\boxed{Drought}", "C"),
+        (r"\boxed{A magnet}", "D"),
+        ("The answer is B.", "B"),
+        ("Answer: (C) drought", "C"),
+        ("The answer is **D**", "D"),
+        ("b", "B"),
+        ("(A) fog or (B) rain... I pick (C)", "C"),
+        (r"\boxed{E}", None),
+        ("The answer is E.", None),
+        ("I am not sure", None),
+        ("Therefore, the correct option is C.", "C"),
+        ("The correct option is D) drought", "D"),
+        ("Option A is wrong. Option B is wrong.", None),
+        ("The letter of the correct option is COPERNicus.", None),
+    ],
+)
 def test_extract_choice(text, expected):
     assert extract_choice(text, "ABCD", OPTS) == expected
 
 
 # Outputs of Qwen2.5-Coder-0.5B on ARC-Challenge that stated the option without its letter.
-@pytest.mark.parametrize("text, options, expected", [
-    (r"so the object is \boxed{25} cm.", ["5 cm", "25 cm", "50 cm", "100 cm"], "B"),
-    (r"\boxed{0.5}", ["1/2", "0.25", "2", "4"], "A"),  # numbers compare as numbers
-    (r"\boxed{7}", ["7 m", "7 km", "14 m", "1 m"], None),  # two options say 7: no guess
-    ("Thinking...\nThe best way is to use paper towels to clean up spills.",
-     ["turn off lights", "use paper towels to clean up spills", "recycle cans", "take showers"], "B"),
-    ("The correct OPTION is: Theamount of larger sediment particles being carriedby the water will increase.",
-     ["The amount of larger sediment particles being carried by the water will increase.", "It will stop",
-      "It freezes", "Nothing changes"], "A"),
-    # An echo of the question's option list is not a choice.
-    ("Which one?\nA) lipids bonding\nB) monomers bonding\nD) saccharides bonding",
-     ["lipids bonding", "monomers bonding", "amino acids bonding", "saccharides bonding"], None),
-    ("D) saccharides bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], "D"),
-    ("D) lipids bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], None),
-    ("Both lipids bonding and monomers bonding occur.", ["lipids bonding", "monomers bonding", "x y z", "w"], None),
-    ("The answer is yes.", ["yes", "no"], None),  # options shorter than 4 characters are not searched for
-])
+@pytest.mark.parametrize(
+    "text, options, expected",
+    [
+        (r"so the object is \boxed{25} cm.", ["5 cm", "25 cm", "50 cm", "100 cm"], "B"),
+        (r"\boxed{0.5}", ["1/2", "0.25", "2", "4"], "A"),  # numbers compare as numbers
+        (r"\boxed{7}", ["7 m", "7 km", "14 m", "1 m"], None),  # two options say 7: no guess
+        (
+            "Thinking...\nThe best way is to use paper towels to clean up spills.",
+            ["turn off lights", "use paper towels to clean up spills", "recycle cans", "take showers"],
+            "B",
+        ),
+        (
+            "The correct OPTION is: Theamount of larger sediment particles being carriedby the water will increase.",
+            [
+                "The amount of larger sediment particles being carried by the water will increase.",
+                "It will stop",
+                "It freezes",
+                "Nothing changes",
+            ],
+            "A",
+        ),
+        # An echo of the question's option list is not a choice.
+        (
+            "Which one?\nA) lipids bonding\nB) monomers bonding\nD) saccharides bonding",
+            ["lipids bonding", "monomers bonding", "amino acids bonding", "saccharides bonding"],
+            None,
+        ),
+        ("D) saccharides bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], "D"),
+        ("D) lipids bonding", ["lipids bonding", "monomers bonding", "amino acids", "saccharides bonding"], None),
+        ("Both lipids bonding and monomers bonding occur.", ["lipids bonding", "monomers bonding", "x y z", "w"], None),
+        ("The answer is yes.", ["yes", "no"], None),  # options shorter than 4 characters are not searched for
+    ],
+)
 def test_extract_choice_by_option_text(text, options, expected):
     assert extract_choice(text, "ABCD"[: len(options)], options) == expected
 
@@ -121,9 +167,14 @@ def ai2_row(labels, key, qid="Q1"):
 
 
 def test_arc_numeric_labels_and_five_choices(tmp_path):
-    path = write_jsonl(tmp_path / "arc.jsonl", [ai2_row(["1", "2", "3", "4"], "3", "num"),
-                                                 ai2_row(list("ABCDE"), "E", "five"),
-                                                 ai2_row(list("ABC"), "A", "three")])
+    path = write_jsonl(
+        tmp_path / "arc.jsonl",
+        [
+            ai2_row(["1", "2", "3", "4"], "3", "num"),
+            ai2_row(list("ABCDE"), "E", "five"),
+            ai2_row(list("ABC"), "A", "three"),
+        ],
+    )
     task = get_task("arc_challenge")
     res = task.load(data_path=str(path))
     num, five, three = res.examples
@@ -182,9 +233,16 @@ def test_negative_offset_and_limit(tmp_path):
 
 # ----------------------------------------------------------------------- malformed files
 def test_malformed_rows_are_skipped_and_counted(tmp_path):
-    rows = [gsm_row("Good one?", "3"), "{not json", {"question": "No answer?"},
-            {"question": "Bad gold?", "answer": "text\n#### seven"}, {"question": "   ", "answer": "#### 2"},
-            [1, 2], {"question": "No marker?", "answer": "42"}, gsm_row("Also good?", "4")]
+    rows = [
+        gsm_row("Good one?", "3"),
+        "{not json",
+        {"question": "No answer?"},
+        {"question": "Bad gold?", "answer": "text\n#### seven"},
+        {"question": "   ", "answer": "#### 2"},
+        [1, 2],
+        {"question": "No marker?", "answer": "42"},
+        gsm_row("Also good?", "4"),
+    ]
     res = get_task("gsm8k").load("train", data_path=str(write_jsonl(tmp_path / "bad.jsonl", rows)))
     assert [e.gold for e in res.examples] == ["3", "4"]
     assert [e.id for e in res.examples] == ["gsm8k/train/0", "gsm8k/train/7"]  # ids keep line positions
@@ -195,17 +253,22 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
 
 
 def test_malformed_arc_rows_skipped(tmp_path):
-    rows = [ai2_row(list("ABCD"), "Z"), {"question": {"stem": "x"}, "answerKey": "A"},
-            ai2_row(list("ABCD"), "B", "ok")]
+    rows = [ai2_row(list("ABCD"), "Z"), {"question": {"stem": "x"}, "answerKey": "A"}, ai2_row(list("ABCD"), "B", "ok")]
     res = get_task("arc_easy").load(data_path=str(write_jsonl(tmp_path / "a.jsonl", rows)))
     assert [e.id for e in res.examples] == ["arc_easy/ok"] and res.skipped == 2
     assert "answerKey 'Z'" in res.skipped_reasons[0] and "missing field 'choices'" in res.skipped_reasons[1]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"), (b"  \n\n", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00IHDR", "binary"),
-    (b"\xff\xfe\xfa bad bytes", "UTF-8"), (b'{"question": "x"}\n{oops\n', "no valid examples"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"  \n\n", "empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00IHDR", "binary"),
+        (b"\xff\xfe\xfa bad bytes", "UTF-8"),
+        (b'{"question": "x"}\n{oops\n', "no valid examples"),
+    ],
+)
 def test_unusable_files_raise_data_error(tmp_path, content, message):
     path = tmp_path / "f.jsonl"
     path.write_bytes(content)
@@ -246,8 +309,14 @@ def test_data_dir_missing_file_lists_contents(tmp_path, monkeypatch):
 def test_hub_rows_parse(monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = []
-    hub_arc = [{"id": "Mercury_1", "question": "What falls?", "answerKey": "2",
-                "choices": {"text": ["rain", "fog", "dew"], "label": ["1", "2", "3"]}}]
+    hub_arc = [
+        {
+            "id": "Mercury_1",
+            "question": "What falls?",
+            "answerKey": "2",
+            "choices": {"text": ["rain", "fog", "dew"], "label": ["1", "2", "3"]},
+        }
+    ]
     hub_gsm = [{"question": "How many?", "answer": "2 + 2 = 4\n#### 4"}]
 
     def fake_load_dataset(*args, split=None, **kwargs):
@@ -286,9 +355,24 @@ def test_registry_and_unknown_names():
     assert all(n in str(err.value) for n in names) and "gsm8k" in str(err.value)
     with pytest.raises(UnknownNameError, match="validation"):
         get_task("arc_easy").load("holdout")
-    expected = {"gsm8k", "math500", "aime2024", "aime2025", "gpqa_diamond", "arc_easy", "arc_challenge", "medqa",
-                "commonsenseqa", "strategyqa", "winogrande", "humaneval", "humanevalplus", "mbpp", "mbppplus",
-                "synthetic-arith"}
+    expected = {
+        "gsm8k",
+        "math500",
+        "aime2024",
+        "aime2025",
+        "gpqa_diamond",
+        "arc_easy",
+        "arc_challenge",
+        "medqa",
+        "commonsenseqa",
+        "strategyqa",
+        "winogrande",
+        "humaneval",
+        "humanevalplus",
+        "mbpp",
+        "mbppplus",
+        "synthetic-arith",
+    }
     assert expected <= set(names)
     for task in list_tasks():
         assert task.family in ("math", "multiple_choice", "code")
@@ -302,9 +386,14 @@ def recompute(example: Example) -> int:
     value = example.meta["start"]
     for op, *args in example.meta["ops"]:
         before = value
-        value = {"add": lambda: value + args[0], "sub": lambda: value - args[0],
-                 "packs": lambda: value + args[0] * args[1], "mul": lambda: value * args[0],
-                 "div": lambda: value / args[0], "half": lambda: value / 2}[op]()
+        value = {
+            "add": lambda: value + args[0],
+            "sub": lambda: value - args[0],
+            "packs": lambda: value + args[0] * args[1],
+            "mul": lambda: value * args[0],
+            "div": lambda: value / args[0],
+            "half": lambda: value / 2,
+        }[op]()
         assert value == int(value) and value >= 0, (example.id, before, op, args)
         assert value == apply_op(before, op, args)
     return int(value)

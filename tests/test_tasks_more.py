@@ -33,9 +33,16 @@ from diffmas.tasks.answers import math_equal  # noqa: E402
 from diffmas.tasks.gpqa import shuffled_options  # noqa: E402
 
 SHARED = Path(os.environ.get("DIFFMAS_TEST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-NEW_TASKS = {"math500": "math", "aime2024": "math", "aime2025": "math", "gpqa_diamond": "multiple_choice",
-             "medqa": "multiple_choice", "commonsenseqa": "multiple_choice", "strategyqa": "multiple_choice",
-             "winogrande": "multiple_choice"}
+NEW_TASKS = {
+    "math500": "math",
+    "aime2024": "math",
+    "aime2025": "math",
+    "gpqa_diamond": "multiple_choice",
+    "medqa": "multiple_choice",
+    "commonsenseqa": "multiple_choice",
+    "strategyqa": "multiple_choice",
+    "winogrande": "multiple_choice",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -88,20 +95,38 @@ def test_registered_with_family_and_boxed_answer_format():
 
 # ----------------------------------------------------------------------- MATH-500
 def math_row(answer, uid="test/algebra/1.json", **extra):
-    return {"problem": "Compute it.", "solution": f"So it is $\\boxed{{{answer}}}$.", "answer": answer,
-            "subject": "Algebra", "level": 2, "unique_id": uid, **extra}
+    return {
+        "problem": "Compute it.",
+        "solution": f"So it is $\\boxed{{{answer}}}$.",
+        "answer": answer,
+        "subject": "Algebra",
+        "level": 2,
+        "unique_id": uid,
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("gold, reply, correct", [
-    (r"\frac{1}{2}", r"\boxed{0.5}", True), ("0.5", r"\boxed{\dfrac{1}{2}}", True),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(3, \frac{\pi}{2})}", True),
-    (r"(3, \frac{\pi}{2})", r"\boxed{\left(3,\frac{\pi}{2}\right)}", True),
-    (r"(3, \frac{\pi}{2})", r"\boxed{(\frac{\pi}{2}, 3)}", False),
-    (r"\frac{14}{3}", r"\boxed{4.67}", False), (r"3\sqrt{13}", r"\boxed{\sqrt{117}}", True),
-    (r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}", r"\boxed{\begin{pmatrix} -\frac{1}{3} \\ \frac{2}{3} \end{pmatrix}}", True),
-    (r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1/3 \\ 2/3 \end{pmatrix}}", False),
-    ("p - q", r"\boxed{-q + p}", True), ("p - q", r"\boxed{q - p}", False), ("9", "no box, the answer is 9", True),
-])
+@pytest.mark.parametrize(
+    "gold, reply, correct",
+    [
+        (r"\frac{1}{2}", r"\boxed{0.5}", True),
+        ("0.5", r"\boxed{\dfrac{1}{2}}", True),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(3, \frac{\pi}{2})}", True),
+        (r"(3, \frac{\pi}{2})", r"\boxed{\left(3,\frac{\pi}{2}\right)}", True),
+        (r"(3, \frac{\pi}{2})", r"\boxed{(\frac{\pi}{2}, 3)}", False),
+        (r"\frac{14}{3}", r"\boxed{4.67}", False),
+        (r"3\sqrt{13}", r"\boxed{\sqrt{117}}", True),
+        (
+            r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}",
+            r"\boxed{\begin{pmatrix} -\frac{1}{3} \\ \frac{2}{3} \end{pmatrix}}",
+            True,
+        ),
+        (r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1/3 \\ 2/3 \end{pmatrix}}", False),
+        ("p - q", r"\boxed{-q + p}", True),
+        ("p - q", r"\boxed{q - p}", False),
+        ("9", "no box, the answer is 9", True),
+    ],
+)
 def test_math500_answers_compared_mathematically(tmp_path, gold, reply, correct):
     ex = load("math500", write_jsonl(tmp_path / "m.jsonl", [math_row(gold)])).examples[0]
     assert ex.gold == gold
@@ -109,14 +134,23 @@ def test_math500_answers_compared_mathematically(tmp_path, gold, reply, correct)
 
 
 def test_math500_rows_ids_meta_and_malformed(tmp_path):
-    rows = [math_row("5", "test/algebra/7.json"), {"problem": "No answer."}, math_row("  "),
-            {"answer": "3"}, "not json", math_row(r"\frac{3}{56}", "")]
+    rows = [
+        math_row("5", "test/algebra/7.json"),
+        {"problem": "No answer."},
+        math_row("  "),
+        {"answer": "3"},
+        "not json",
+        math_row(r"\frac{3}{56}", ""),
+    ]
     res = load("math500", write_jsonl(tmp_path / "m.jsonl", rows), "test")
     assert [e.id for e in res.examples] == ["math500/test/algebra/7.json", "math500/test/5"]
     assert res.examples[0].meta == {"solution": r"So it is $\boxed{5}$.", "subject": "Algebra", "level": 2}
     assert res.skipped == 4
-    assert res.skipped_reasons[:3] == ["line 2: missing field 'answer'", "line 3: field 'answer' is empty",
-                                       "line 4: missing field 'problem'"]
+    assert res.skipped_reasons[:3] == [
+        "line 2: missing field 'answer'",
+        "line 3: field 'answer' is empty",
+        "line 4: missing field 'problem'",
+    ]
     assert res.skipped_reasons[3].startswith("line 5: invalid JSON")
 
 
@@ -136,9 +170,11 @@ def test_math500_data_dir_and_hub(tmp_path, monkeypatch, fake_hub):
 
 # ----------------------------------------------------------------------- AIME
 def test_aime2024_jsonl_leading_zeros_and_integer_comparison(tmp_path):
-    rows = [{"id": 60, "problem": "Find m+n.", "solution": "Work.", "answer": "025", "url": "https://x/1"},
-            {"id": 61, "problem": "Find k.", "solution": "More.", "answer": "0", "url": "https://x/2"},
-            {"id": 62, "problem": "Find j.", "solution": "", "answer": 204, "url": "https://x/3"}]
+    rows = [
+        {"id": 60, "problem": "Find m+n.", "solution": "Work.", "answer": "025", "url": "https://x/1"},
+        {"id": 61, "problem": "Find k.", "solution": "More.", "answer": "0", "url": "https://x/2"},
+        {"id": 62, "problem": "Find j.", "solution": "", "answer": 204, "url": "https://x/3"},
+    ]
     res = load("aime2024", write_jsonl(tmp_path / "aime_2024.jsonl", rows))
     task = get_task("aime2024")
     a, zero, c = res.examples
@@ -156,10 +192,16 @@ def test_aime2024_jsonl_leading_zeros_and_integer_comparison(tmp_path):
 
 
 def test_aime2025_question_answer_jsonl_and_malformed(tmp_path):
-    rows = [{"question": "Find the sum.", "answer": "070"}, {"question": "Too big.", "answer": "1000"},
-            {"question": "Fraction.", "answer": "3/2"}, {"question": "Negative.", "answer": "-4"},
-            {"question": "Word.", "answer": "seven"}, {"question": "Missing."}, {"question": "Flag.", "answer": True},
-            {"problem": "Hub layout.", "answer": "9"}]
+    rows = [
+        {"question": "Find the sum.", "answer": "070"},
+        {"question": "Too big.", "answer": "1000"},
+        {"question": "Fraction.", "answer": "3/2"},
+        {"question": "Negative.", "answer": "-4"},
+        {"question": "Word.", "answer": "seven"},
+        {"question": "Missing."},
+        {"question": "Flag.", "answer": True},
+        {"problem": "Hub layout.", "answer": "9"},
+    ]
     res = load("aime2025", write_jsonl(tmp_path / "aime2025.jsonl", rows), "test")
     assert [(e.id, e.gold) for e in res.examples] == [("aime2025/test/0", "70"), ("aime2025/test/7", "9")]
     assert res.skipped == 6
@@ -178,14 +220,29 @@ def test_aime_hub_ids_and_split_names(fake_hub):
 
 
 # ----------------------------------------------------------------------- GPQA-Diamond
-GPQA_COLUMNS = ["Pre-Revision Question", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
-                "Incorrect Answer 3", "Record ID", "High-level domain"]
+GPQA_COLUMNS = [
+    "Pre-Revision Question",
+    "Question",
+    "Correct Answer",
+    "Incorrect Answer 1",
+    "Incorrect Answer 2",
+    "Incorrect Answer 3",
+    "Record ID",
+    "High-level domain",
+]
 
 
 def gpqa_record(i: int, **overrides) -> dict:
-    rec = {"Pre-Revision Question": "old", "Question": f"Made-up question number {i}?",
-           "Correct Answer": f"right {i}", "Incorrect Answer 1": f"wrong a{i}", "Incorrect Answer 2": f"wrong b{i}",
-           "Incorrect Answer 3": f"wrong c{i}", "Record ID": f"rec{i}", "High-level domain": "Physics"}
+    rec = {
+        "Pre-Revision Question": "old",
+        "Question": f"Made-up question number {i}?",
+        "Correct Answer": f"right {i}",
+        "Incorrect Answer 1": f"wrong a{i}",
+        "Incorrect Answer 2": f"wrong b{i}",
+        "Incorrect Answer 3": f"wrong c{i}",
+        "Record ID": f"rec{i}",
+        "High-level domain": "Physics",
+    }
     rec.update(overrides)
     return rec
 
@@ -216,7 +273,9 @@ def test_gpqa_csv_shuffle_is_deterministic_and_records_the_right_letter(tmp_path
     assert task.load(data_path=str(path)).examples == first.examples  # same seed, same options
     # The permutation belongs to the question, not its position in the file.
     reversed_path = write_gpqa_csv(tmp_path / "rev.csv", records[::-1])
-    assert {e.id: e.gold for e in task.load(data_path=str(reversed_path)).examples} == {e.id: e.gold for e in first.examples}
+    assert {e.id: e.gold for e in task.load(data_path=str(reversed_path)).examples} == {
+        e.id: e.gold for e in first.examples
+    }
     other = task.load(data_path=str(path), seed=1).examples
     assert [e.meta["choices"] for e in other] != [e.meta["choices"] for e in first.examples]
     assert all(e.meta["choices"]["ABCD".index(e.gold)].startswith("right") for e in other)
@@ -230,19 +289,32 @@ def test_shuffled_options_fixed_values():
 
 
 def test_gpqa_csv_malformed_rows_skipped(tmp_path):
-    records = [gpqa_record(0), gpqa_record(1, **{"Incorrect Answer 3": ""}), gpqa_record(2, **{"Correct Answer": "wrong a2"}),
-               gpqa_record(3, Question="  ")]
+    records = [
+        gpqa_record(0),
+        gpqa_record(1, **{"Incorrect Answer 3": ""}),
+        gpqa_record(2, **{"Correct Answer": "wrong a2"}),
+        gpqa_record(3, Question="  "),
+    ]
     res = load("gpqa_diamond", write_gpqa_csv(tmp_path / "g.csv", records))
     assert [e.id for e in res.examples] == ["gpqa_diamond/rec0"] and res.skipped == 3
-    assert res.skipped_reasons == ["row 3: field 'Incorrect Answer 3' is empty", "row 4: two options have the same text",
-                                   "row 5: field 'Question' is empty"]
+    assert res.skipped_reasons == [
+        "row 3: field 'Incorrect Answer 3' is empty",
+        "row 4: two options have the same text",
+        "row 5: field 'Question' is empty",
+    ]
 
 
 def test_gpqa_jsonl_with_lettered_options(tmp_path):
-    rows = [{"question": "Stem line one.\nA. not an option, part of the stem\nWhich holds?\nA) first\nB) second\n"
-                         "C) x = 1\n   continued\nD) fourth", "answer": "C"},
-            {"question": "Short stem?\n(A) p\n(B) q\n(C) r\n(D) s", "answer": "(b)"},
-            {"question": "No options here", "answer": "A"}, {"question": "Q?\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "E"}]
+    rows = [
+        {
+            "question": "Stem line one.\nA. not an option, part of the stem\nWhich holds?\nA) first\nB) second\n"
+            "C) x = 1\n   continued\nD) fourth",
+            "answer": "C",
+        },
+        {"question": "Short stem?\n(A) p\n(B) q\n(C) r\n(D) s", "answer": "(b)"},
+        {"question": "No options here", "answer": "A"},
+        {"question": "Q?\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "E"},
+    ]
     res = load("gpqa_diamond", write_jsonl(tmp_path / "gpqa.jsonl", rows))
     a, b = res.examples
     assert a.meta["choices"] == ["first", "second", "x = 1\n   continued", "fourth"] and a.gold == "C"
@@ -265,44 +337,73 @@ def test_gpqa_hub_and_data_dir(tmp_path, monkeypatch, fake_hub):
 # ----------------------------------------------------------------------- MedQA
 def medqa_row(gold="B", **overrides):
     options = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Observation"}
-    row = {"question": "A 40-year-old man has chest pain. What is the next step?", "answer": options[gold],
-           "options": options, "meta_info": "step1", "answer_idx": gold}
+    row = {
+        "question": "A 40-year-old man has chest pain. What is the next step?",
+        "answer": options[gold],
+        "options": options,
+        "meta_info": "step1",
+        "answer_idx": gold,
+    }
     row.update(overrides)
     return row
 
 
 def test_medqa_jsonl_format(tmp_path):
-    rows = [medqa_row("B"), medqa_row("D"), medqa_row("A", answer="Heparin"), medqa_row(answer_idx="E", answer="Nothing"),
-            medqa_row("C", options={"A": "x", "C": "y"}), medqa_row("A", answer_idx=None)]
+    rows = [
+        medqa_row("B"),
+        medqa_row("D"),
+        medqa_row("A", answer="Heparin"),
+        medqa_row(answer_idx="E", answer="Nothing"),
+        medqa_row("C", options={"A": "x", "C": "y"}),
+        medqa_row("A", answer_idx=None),
+    ]
     res = load("medqa", write_jsonl(tmp_path / "medqa.jsonl", rows), "dev")
     assert [(e.id, e.gold) for e in res.examples] == [("medqa/dev/0", "B"), ("medqa/dev/1", "D"), ("medqa/dev/5", "A")]
     ex = res.examples[0]
     assert ex.question.splitlines()[1:] == ["A) Aspirin", "B) Heparin", "C) Warfarin", "D) Observation"]
     assert ex.meta["choices"][1] == "Heparin" and ex.meta["step"] == "step1"
-    assert res.skipped_reasons == ["line 3: answer_idx A disagrees with the answer text (option B)",
-                                   "line 4: answer_idx 'E' is not one of ['A', 'B', 'C', 'D']",
-                                   "line 5: option keys ['A', 'C'] are not A, B, C, ... in order"]
+    assert res.skipped_reasons == [
+        "line 3: answer_idx A disagrees with the answer text (option B)",
+        "line 4: answer_idx 'E' is not one of ['A', 'B', 'C', 'D']",
+        "line 5: option keys ['A', 'C'] are not A, B, C, ... in order",
+    ]
     assert get_task("medqa").score(r"\boxed{heparin}", ex) == ("B", True)
 
 
 def test_medqa_latentmas_json_list(tmp_path):
     opts = ["A. Aspirin", "B. Heparin", "C. Warfarin", "D. Observation"]
-    items = [{"question": "Which drug?", "options": opts, "answer": "Warfarin", "id": "q1"},
-             {"query": "Which drug now?\nA. Aspirin\nB. Heparin\nC. Warfarin\nD. Observation", "options": opts,
-              "answer": "Aspirin"},
-             {"question": "Letter answer?", "options": opts, "answer": "D. Observation"},
-             {"question": "Bare letter?", "options": ["Aspirin", "Heparin"], "answer": "B"},
-             {"question": "Unknown answer?", "options": opts, "answer": "Insulin"},
-             {"question": "Mislabelled?", "options": ["A. x", "C. y"], "answer": "x"}]
+    items = [
+        {"question": "Which drug?", "options": opts, "answer": "Warfarin", "id": "q1"},
+        {
+            "query": "Which drug now?\nA. Aspirin\nB. Heparin\nC. Warfarin\nD. Observation",
+            "options": opts,
+            "answer": "Aspirin",
+        },
+        {"question": "Letter answer?", "options": opts, "answer": "D. Observation"},
+        {"question": "Bare letter?", "options": ["Aspirin", "Heparin"], "answer": "B"},
+        {"question": "Unknown answer?", "options": opts, "answer": "Insulin"},
+        {"question": "Mislabelled?", "options": ["A. x", "C. y"], "answer": "x"},
+    ]
     res = load("medqa", write_json(tmp_path / "medqa.json", items))
-    assert [(e.id, e.gold) for e in res.examples] == [("medqa/q1", "C"), ("medqa/medqa/1", "A"),
-                                                      ("medqa/medqa/2", "D"), ("medqa/medqa/3", "B")]
+    assert [(e.id, e.gold) for e in res.examples] == [
+        ("medqa/q1", "C"),
+        ("medqa/medqa/1", "A"),
+        ("medqa/medqa/2", "D"),
+        ("medqa/medqa/3", "B"),
+    ]
     q1, embedded = res.examples[:2]
     assert q1.meta["choices"] == ["Aspirin", "Heparin", "Warfarin", "Observation"]
-    assert embedded.question.splitlines() == ["Which drug now?", "A) Aspirin", "B) Heparin", "C) Warfarin",
-                                              "D) Observation"]  # the options are not listed twice
-    assert res.skipped_reasons == ["item 5: the answer matches no option",
-                                   "item 6: option 2 is labelled 'C', expected 'B'"]
+    assert embedded.question.splitlines() == [
+        "Which drug now?",
+        "A) Aspirin",
+        "B) Heparin",
+        "C) Warfarin",
+        "D) Observation",
+    ]  # the options are not listed twice
+    assert res.skipped_reasons == [
+        "item 5: the answer matches no option",
+        "item 6: option 2 is labelled 'C', expected 'B'",
+    ]
 
 
 def test_medqa_hub_and_local_only_dev(fake_hub):
@@ -327,8 +428,15 @@ def test_commonsenseqa_local_jsonl_and_hub(tmp_path, monkeypatch, fake_hub):
     monkeypatch.setenv("DIFFMAS_DATA_DIR", str(tmp_path))
     assert len(get_task("commonsenseqa").load("dev").examples) == 2
     monkeypatch.delenv("DIFFMAS_DATA_DIR")
-    fake_hub["tau/commonsense_qa"] = [{"id": "h1", "question": "Why?", "question_concept": "c", "answerKey": "D",
-                                       "choices": {"label": list("ABCDE"), "text": list("vwxyz")}}]
+    fake_hub["tau/commonsense_qa"] = [
+        {
+            "id": "h1",
+            "question": "Why?",
+            "question_concept": "c",
+            "answerKey": "D",
+            "choices": {"label": list("ABCDE"), "text": list("vwxyz")},
+        }
+    ]
     ex = get_task("commonsenseqa").load("dev").examples[0]
     assert (ex.id, ex.gold, ex.meta["choices"]) == ("commonsenseqa/h1", "D", list("vwxyz"))
     assert fake_hub.calls == [("tau/commonsense_qa", None, "validation[:300]")]
@@ -341,35 +449,68 @@ def bb_example(q="Could a llama birth twice during the War in Vietnam?", yes=Fal
 
 
 def test_strategyqa_bigbench_task_json(tmp_path):
-    doc = {"name": "strategyqa", "description": "d", "keywords": [], "metrics": ["multiple_choice_grade"],
-           "examples": [bb_example(yes=False), bb_example("Is water wet?", yes=True),
-                        bb_example("Tie?", target="x") | {"target_scores": {"Yes": 0, "No": 0}},
-                        bb_example("Maybe?") | {"target_scores": {"Maybe": 1, "No": 0}},
-                        bb_example("Disagree?", yes=True, target="No. It is not."), {"target_scores": {"Yes": 1, "No": 0}}]}
+    doc = {
+        "name": "strategyqa",
+        "description": "d",
+        "keywords": [],
+        "metrics": ["multiple_choice_grade"],
+        "examples": [
+            bb_example(yes=False),
+            bb_example("Is water wet?", yes=True),
+            bb_example("Tie?", target="x") | {"target_scores": {"Yes": 0, "No": 0}},
+            bb_example("Maybe?") | {"target_scores": {"Maybe": 1, "No": 0}},
+            bb_example("Disagree?", yes=True, target="No. It is not."),
+            {"target_scores": {"Yes": 1, "No": 0}},
+        ],
+    }
     res = load("strategyqa", write_json(tmp_path / "task.json", doc))
     no, yes = res.examples
     assert (no.gold, yes.gold, no.id) == ("B", "A", "strategyqa/task/0")
     assert yes.question.splitlines() == ["Is water wet?", "A) Yes", "B) No"]
     assert yes.meta["solution"] == "Yes. Because reasons."
-    assert res.skipped_reasons == ["item 3: Yes and No have the same target score",
-                                   "item 4: target scores are for ['maybe', 'no'], expected Yes and No",
-                                   "item 5: target text and target_scores disagree", "item 6: missing field 'input'"]
+    assert res.skipped_reasons == [
+        "item 3: Yes and No have the same target score",
+        "item 4: target scores are for ['maybe', 'no'], expected Yes and No",
+        "item 5: target text and target_scores disagree",
+        "item 6: missing field 'input'",
+    ]
     task = get_task("strategyqa")
-    for reply, letter in [(r"\boxed{A}", "A"), (r"\boxed{Yes}", "A"), (r"\boxed{no}", "B"), ("The answer is no.", "B"),
-                          ("So the answer is: **Yes**", "A"), ("Yes.", "A"), ("(B)", "B"), ("I cannot tell", None)]:
+    for reply, letter in [
+        (r"\boxed{A}", "A"),
+        (r"\boxed{Yes}", "A"),
+        (r"\boxed{no}", "B"),
+        ("The answer is no.", "B"),
+        ("So the answer is: **Yes**", "A"),
+        ("Yes.", "A"),
+        ("(B)", "B"),
+        ("I cannot tell", None),
+    ]:
         assert task.score(reply, yes)[0] == letter, reply
     assert task.score("The answer is yes", yes)[1] and not task.score("The answer is yes", no)[1]
 
 
 def test_strategyqa_hub_and_original_layouts(tmp_path, fake_hub):
-    fake_hub["tasksource/bigbench"] = [{"idx": 0, "inputs": "Q: Is the sky blue?\nA:", "targets": ["Yes. Rayleigh."],
-                                        "multiple_choice_targets": ["Yes", "No"], "multiple_choice_scores": [1, 0]}]
+    fake_hub["tasksource/bigbench"] = [
+        {
+            "idx": 0,
+            "inputs": "Q: Is the sky blue?\nA:",
+            "targets": ["Yes. Rayleigh."],
+            "multiple_choice_targets": ["Yes", "No"],
+            "multiple_choice_scores": [1, 0],
+        }
+    ]
     ex = get_task("strategyqa").load().examples[0]
     assert (ex.id, ex.gold, ex.question.splitlines()[0], ex.meta["solution"]) == (
-        "strategyqa/0", "A", "Is the sky blue?", "Yes. Rayleigh.")
+        "strategyqa/0",
+        "A",
+        "Is the sky blue?",
+        "Yes. Rayleigh.",
+    )
     assert fake_hub.calls == [("tasksource/bigbench", "strategyqa", "train+validation")]
-    rows = [{"qid": "s1", "question": "Did X happen?", "answer": False, "facts": ["f1.", "f2."]},
-            {"qid": "s2", "question": "Did Y?", "answer": "maybe"}]
+    rows = [
+        {"qid": "s1", "question": "Did X happen?", "answer": False, "facts": ["f1.", "f2."]},
+        {"qid": "s2", "question": "Did Y?", "answer": "maybe"},
+    ]
     res = load("strategyqa", write_jsonl(tmp_path / "strategyqa.jsonl", rows))
     assert [(e.id, e.gold, e.meta.get("solution")) for e in res.examples] == [("strategyqa/s1", "B", "f1. f2.")]
     assert res.skipped_reasons == ["line 2: answer 'maybe' is not yes/no"]
@@ -377,21 +518,34 @@ def test_strategyqa_hub_and_original_layouts(tmp_path, fake_hub):
 
 # ----------------------------------------------------------------------- WinoGrande
 def wino_row(answer="1", qid="w1"):
-    return {"qID": qid, "sentence": "The trophy doesn't fit in the suitcase because the _ is too big.",
-            "option1": "trophy", "option2": "suitcase", "answer": answer}
+    return {
+        "qID": qid,
+        "sentence": "The trophy doesn't fit in the suitcase because the _ is too big.",
+        "option1": "trophy",
+        "option2": "suitcase",
+        "answer": answer,
+    }
 
 
 def test_winogrande_two_options_as_letters(tmp_path, fake_hub):
-    rows = [wino_row("1", "w1"), wino_row(2, "w2"), wino_row("", "w3"), wino_row("3", "w4"),
-            wino_row("1", "w5") | {"sentence": "No blank here."}]
+    rows = [
+        wino_row("1", "w1"),
+        wino_row(2, "w2"),
+        wino_row("", "w3"),
+        wino_row("3", "w4"),
+        wino_row("1", "w5") | {"sentence": "No blank here."},
+    ]
     path = write_jsonl(tmp_path / "dev.jsonl.gz", [])
     path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     res = load("winogrande", path, "dev")
     a, b = res.examples
     assert [(a.id, a.gold), (b.id, b.gold)] == [("winogrande/w1", "A"), ("winogrande/w2", "B")]
     assert a.question.splitlines()[-2:] == ["A) trophy", "B) suitcase"] and "_" in a.question
-    assert res.skipped_reasons == ["line 3: no answer (unlabelled row)", "line 4: answer '3' is not 1 or 2",
-                                   "line 5: sentence has no blank '_'"]
+    assert res.skipped_reasons == [
+        "line 3: no answer (unlabelled row)",
+        "line 4: answer '3' is not 1 or 2",
+        "line 5: sentence has no blank '_'",
+    ]
     task = get_task("winogrande")
     assert task.score(r"\boxed{trophy}", a) == ("A", True) and task.score(r"\boxed{B}", a) == ("B", False)
     assert task.score(r"\boxed{C}", a)[0] is None
@@ -417,8 +571,11 @@ def test_tasks_cli_lists_sources_and_sizes(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------- shared dev files
-SHARED_FILES = {"math500": ("dev", "math500/dev100.jsonl", 100), "medqa": ("dev", "medqa/us_test_minus_heldout.jsonl", 974),
-                "commonsenseqa": ("dev", "commonsenseqa/dev300.jsonl", 300)}
+SHARED_FILES = {
+    "math500": ("dev", "math500/dev100.jsonl", 100),
+    "medqa": ("dev", "medqa/us_test_minus_heldout.jsonl", 974),
+    "commonsenseqa": ("dev", "commonsenseqa/dev300.jsonl", 300),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_FILES))

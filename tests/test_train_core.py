@@ -18,8 +18,9 @@ from diffmas.models import build_tiny_model
 from diffmas.train import AgentAdapters, LoraSettings, ObjectiveConfig, attention_projections, trajectory_loss
 from diffmas.train.objective import end_of_turn_id, target_ids
 
-SYSTEM = SystemSpec("s3", "sequential", [AgentSpec("Planner", "planner"), AgentSpec("Critic", "critic"),
-                                         AgentSpec("Judger", "judger")])
+SYSTEM = SystemSpec(
+    "s3", "sequential", [AgentSpec("Planner", "planner"), AgentSpec("Critic", "critic"), AgentSpec("Judger", "judger")]
+)
 UPSTREAM = ["Planner", "Critic"]
 QUESTIONS = ["What is 2 + 3?", "Tom has 17 apples and gives 5 to Ann. How many are left?"]
 TARGETS = ["2 + 3 = 5. \\boxed{5}", "17 - 5 = 12, so \\boxed{12}"]
@@ -42,8 +43,7 @@ def make(arch="qwen2", adapters=True, comm=True, steps=2, perturb=False, shared=
             with torch.no_grad():
                 for p in ad.parameters():
                     p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    method = LatentMAS(lm, MethodConfig(latent_steps=steps, max_new_tokens=4), answer_format="Box it.",
-                       system=SYSTEM)
+    method = LatentMAS(lm, MethodConfig(latent_steps=steps, max_new_tokens=4), answer_format="Box it.", system=SYSTEM)
     if comm:
         method.comm = CommAdapter.from_lm(lm)
     return method, ad
@@ -132,8 +132,8 @@ def test_comm_adapter_at_init_is_the_realigner(realign):
 def test_fresh_adapters_and_comm_reproduce_latent_mas():
     plain, _ = make(adapters=False, comm=False)
     trained, _ = make(adapters=True, comm=True)
-    a = plain.build_trace(QUESTIONS)
-    b = trained.build_trace(QUESTIONS)
+    a = plain.build_context(QUESTIONS)
+    b = trained.build_context(QUESTIONS)
     torch.testing.assert_close(b.last_hidden, a.last_hidden, rtol=0, atol=1e-6)
     assert [t.final_text for t in trained.run(QUESTIONS)] == [t.final_text for t in plain.run(QUESTIONS)]
 
@@ -168,8 +168,9 @@ def _lora_run(dtype, float32_products):
     lm = LM(model, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        ad = AgentAdapters(lm, [a.name for a in SYSTEM.agents],
-                           LoraSettings(dropout=0.0, float32_products=float32_products))
+        ad = AgentAdapters(
+            lm, [a.name for a in SYSTEM.agents], LoraSettings(dropout=0.0, float32_products=float32_products)
+        )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ad.parameters():
@@ -258,8 +259,8 @@ def test_full_comm_dropout_cuts_the_upstream_gradient():
 @torch.no_grad()
 def test_hiding_upstream_is_per_row():
     method, _ = make(perturb=True)
-    base = method.build_trace(QUESTIONS).last_hidden
-    hidden = method.build_trace(QUESTIONS, hide_from_final=torch.tensor([[True, True], [False, False]])).last_hidden
+    base = method.build_context(QUESTIONS).last_hidden
+    hidden = method.build_context(QUESTIONS, hide_from_final=torch.tensor([[True, True], [False, False]])).last_hidden
     assert not torch.allclose(hidden[0], base[0])
     torch.testing.assert_close(hidden[1], base[1])
 
@@ -361,19 +362,34 @@ def test_checkpointing_refuses_per_agent_lora_inside_the_mlp():
 
 
 def test_grad_fidelity_benchmark_compares_every_agent(tiny_model_dir, tmp_path):
-    """benchmarks/grad_fidelity.py on a tiny model: a row per agent and layer half, the comm map
+    """benchmarks/diagnostics/grad_fidelity.py on a tiny model: a row per agent and layer half, the comm map
     and 'all', with both dtypes' norms; float32 against float32 would be exact, bfloat16 is not."""
     import importlib.util
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grad_fidelity.py"
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnostics" / "grad_fidelity.py"
     spec = importlib.util.spec_from_file_location("grad_fidelity", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "fidelity.json"
-    assert bench.main(["--model", tiny_model_dir, "--task", "synthetic-arith", "--latent-steps", "2",
-                       "--scratch", str(tmp_path / "scratch"), "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--model",
+                tiny_model_dir,
+                "--task",
+                "synthetic-arith",
+                "--latent-steps",
+                "2",
+                "--scratch",
+                str(tmp_path / "scratch"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     groups = {r["group"] for r in report["rows"]}
     assert "all" in groups and "comm adapter" in groups
@@ -383,6 +399,8 @@ def test_grad_fidelity_benchmark_compares_every_agent(tiny_model_dir, tmp_path):
         assert r["norm_float32"] > 0 and r["norm_bfloat16"] > 0 and -1.0001 <= r["cosine"] <= 1.0001
     assert report["loss_float32"] == pytest.approx(report["loss_bfloat16"], rel=0.05)
     # The grouping itself: layer halves and the comm map.
-    assert bench.group_of("base_model.model.model.layers.3.self_attn.q_proj.lora_B.Critic.weight", 4) == \
-        "Critic, second half of the layers"
+    assert (
+        bench.group_of("base_model.model.model.layers.3.self_attn.q_proj.lora_B.Critic.weight", 4)
+        == "Critic, second half of the layers"
+    )
     assert bench.group_of("comm_adapter.scale", 4) == "comm adapter"

@@ -12,29 +12,52 @@ import torch
 
 from diffmas.models import build_tiny_model
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 
 def settings(model_dir: str, out: str, **kw):
     from diffmas.train.config import TrainConfig
 
-    base = dict(model=model_dir, dtype="float32", task="synthetic-arith", limit=16, topology="sequential",
-                latent_steps=1, lora_rank=4, lora_dropout=0.0, lr=1e-3, batch_size=1, max_steps=3, save_every=2,
-                out=out)
+    base = dict(
+        model=model_dir,
+        dtype="float32",
+        task="synthetic-arith",
+        limit=16,
+        topology="sequential",
+        latent_steps=1,
+        lora_rank=4,
+        lora_dropout=0.0,
+        lr=1e-3,
+        batch_size=1,
+        max_steps=3,
+        save_every=2,
+        out=out,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def weights(trainer) -> dict[str, torch.Tensor]:
-    out = {f"{a}/{i}": p.detach().clone() for a in trainer.adapters.names
-           for i, p in enumerate(trainer.adapters.parameters(a))}
+    out = {
+        f"{a}/{i}": p.detach().clone()
+        for a in trainer.adapters.names
+        for i, p in enumerate(trainer.adapters.parameters(a))
+    }
     out["comm"] = trainer.comm.weight.detach().clone()
     return out
 
 
 def _worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        HF_HUB_OFFLINE="1",
+    )
     torch.set_num_threads(1)
     from diffmas.train.trainer import Trainer
 
@@ -62,8 +85,9 @@ def test_two_processes_end_with_identical_adapters(tmp_path):
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         out = tmp_path / "dp"
-        torch.multiprocessing.start_processes(_worker, args=(2, free_port(), str(model_dir), str(out)), nprocs=2,
-                                              join=True, start_method="spawn")
+        torch.multiprocessing.start_processes(
+            _worker, args=(2, free_port(), str(model_dir), str(out)), nprocs=2, join=True, start_method="spawn"
+        )
         rank0 = torch.load(out / "weights-rank0.pt")
         rank1 = torch.load(out / "weights-rank1.pt")
         assert rank0.keys() == rank1.keys()
@@ -102,11 +126,38 @@ def test_accelerate_launch_runs_two_processes(tmp_path):
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "acc"
     config = Path(__file__).resolve().parents[1] / "configs" / "train-tiny.yaml"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config file can change the launch
-    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "diffmas", "train",
-           "--config", str(config), "--model", str(model_dir), "--out", str(out), "--max-steps", "2"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }  # no user accelerate config file can change the launch
+    cmd = [
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "diffmas",
+        "train",
+        "--config",
+        str(config),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "rng-0.pt").is_file() and (out / "final" / "rng-1.pt").is_file()

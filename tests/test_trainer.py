@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffmas import checkpoint as ckpt
 from diffmas.cli import main
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.evaluate import SetupConfig
+from diffmas.methods import SetupConfig
 from diffmas.models import build_tiny_model, load_model
 from diffmas.tasks import get_task
-from diffmas.train import checkpoint as ckpt
 from diffmas.train.config import TrainConfig
 from diffmas.train.trainer import Trainer
 
@@ -68,9 +68,21 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 def trained(model_dir, tmp_path_factory):
     """A diffmas run through the Python API (4 steps), with the weights before and after."""
     out = tmp_path_factory.mktemp("run") / "diffmas"
-    cfg = TrainConfig(model=model_dir, dtype="float32", task="synthetic-arith", limit=32, topology="sequential",
-                      latent_steps=2, lora_rank=4, lora_dropout=0.0, lr=1e-3, batch_size=2, max_steps=4,
-                      save_every=2, out=str(out))
+    cfg = TrainConfig(
+        model=model_dir,
+        dtype="float32",
+        task="synthetic-arith",
+        limit=32,
+        topology="sequential",
+        latent_steps=2,
+        lora_rank=4,
+        lora_dropout=0.0,
+        lr=1e-3,
+        batch_size=2,
+        max_steps=4,
+        save_every=2,
+        out=str(out),
+    )
     trainer = Trainer(cfg, progress=False)
     lora = {id(p) for p in trainer.params}
     base = {n: p.detach().clone() for n, p in trainer.lm.model.named_parameters() if id(p) not in lora}
@@ -131,8 +143,23 @@ def test_single_sft_trains_one_adapter(model_dir, tmp_path):
 
 # -- resuming ---------------------------------------------------------------------------------------
 
-RESUME_FLAGS = ["--max-steps", "6", "--save-every", "3", "--grad-accum", "2", "--lora-dropout", "0.1",
-                "--comm-dropout", "0.3", "--curriculum", "0:1", "4:2", "--keep-checkpoints", "0"]
+RESUME_FLAGS = [
+    "--max-steps",
+    "6",
+    "--save-every",
+    "3",
+    "--grad-accum",
+    "2",
+    "--lora-dropout",
+    "0.1",
+    "--comm-dropout",
+    "0.3",
+    "--curriculum",
+    "0:1",
+    "4:2",
+    "--keep-checkpoints",
+    "0",
+]
 
 
 def test_resume_continues_the_same_loss_curve(model_dir, tmp_path, monkeypatch):
@@ -190,7 +217,7 @@ def test_resume_refuses_changed_settings(model_dir, tmp_path, capsys):
         del saved["repeat_question"]
         config.write_text(json.dumps(saved))
         manifest = json.loads((config.parent / "manifest.json").read_text())
-        manifest["files"]["config.json"] = {"bytes": config.stat().st_size, "sha256": ckpt._sha256(config)}
+        manifest["files"]["config.json"] = {"bytes": config.stat().st_size, "sha256": ckpt.sha256(config)}
         (config.parent / "manifest.json").write_text(json.dumps(manifest))
     assert main(train_args(model_dir, out, "--max-steps", "3", "--resume")) == 1
     assert "repeat_question: True -> False" in capsys.readouterr().err
@@ -201,8 +228,26 @@ def test_resume_refuses_changed_settings(model_dir, tmp_path, capsys):
 
 
 def eval_args(model_dir, out, *extra) -> list[str]:
-    return ["eval", "--model", model_dir, "--dtype", "float32", "--task", "synthetic-arith", "--limit", "3",
-            "--batch-size", "2", "--max-new-tokens", "5", "--latent-steps", "2", "--out", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        model_dir,
+        "--dtype",
+        "float32",
+        "--task",
+        "synthetic-arith",
+        "--limit",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--latent-steps",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_eval_diffmas_loads_the_trained_weights(trained, model_dir, tmp_path):
@@ -220,10 +265,11 @@ def test_eval_diffmas_loads_the_trained_weights(trained, model_dir, tmp_path):
     assert torch.equal(method.comm.weight, trainer.comm.weight)
     # With its adapters, the system answers differently from untrained latent MAS on the same trace.
     plain = SetupConfig(method="latent_mas", model=model_dir, latent_steps=2).build_method(
-        LM(*load_model(model_dir, dtype="float32")), get_task("synthetic-arith"))
+        LM(*load_model(model_dir, dtype="float32")), get_task("synthetic-arith")
+    )
     with torch.no_grad():
-        a = method.build_trace(["What is 2 + 3?"]).last_hidden
-        b = plain.build_trace(["What is 2 + 3?"]).last_hidden
+        a = method.build_context(["What is 2 + 3?"]).last_hidden
+        b = plain.build_context(["What is 2 + 3?"]).last_hidden
     assert not torch.allclose(a, b)
 
 
@@ -239,9 +285,19 @@ def test_question_stated_once_is_trained_recorded_and_checked(model_dir, tmp_pat
         setup.build_method(LM(*load_model(model_dir, dtype="float32"), name=model_dir), get_task("synthetic-arith"))
         noted = "was trained with --no-repeat-question" in capsys.readouterr().err
         assert noted == repeat
-    trainer = Trainer(TrainConfig(model=model_dir, dtype="float32", task="synthetic-arith", limit=4, max_steps=1,
-                                  topology="sequential", repeat_question=False, out=str(tmp_path / "t")),
-                      progress=False)
+    trainer = Trainer(
+        TrainConfig(
+            model=model_dir,
+            dtype="float32",
+            task="synthetic-arith",
+            limit=4,
+            max_steps=1,
+            topology="sequential",
+            repeat_question=False,
+            out=str(tmp_path / "t"),
+        ),
+        progress=False,
+    )
     assert trainer.method.config.repeat_question is False  # the trained trajectories state it once
 
 
@@ -253,7 +309,8 @@ def test_diffmas_prompts_default_to_those_it_was_trained_with(model_dir, tmp_pat
     capsys.readouterr()
     lm = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
     method = SetupConfig(method="diffmas", model=model_dir, adapter=str(run / "final")).build_method(
-        lm, get_task("synthetic-arith"))
+        lm, get_task("synthetic-arith")
+    )
     assert method.config.repeat_question is True
     assert "prompts they were not trained on" not in capsys.readouterr().err
     out = tmp_path / "ev"
@@ -281,11 +338,13 @@ def test_adapter_errors(trained, model_dir, tmp_path, capsys):
         assert main(eval_args(other, tmp_path / "a", "--method", "diffmas", "--adapter", run, "--resume")) == 1
         err = capsys.readouterr().err
         assert f"trained on base model {model_dir!r}" in err and f"model loaded is {other!r}" in err
-    cases = [(["--method", "diffmas"], "pass --adapter"),
-             (["--method", "latent_mas", "--adapter", run], "takes no --adapter"),
-             (["--method", "single_sft", "--adapter", run], "trained with method 'diffmas'"),
-             (["--method", "diffmas", "--adapter", run, "--topology", "hierarchical"], "trained for agents"),
-             (["--method", "diffmas", "--adapter", str(tmp_path)], "no complete DiffMAS checkpoint")]
+    cases = [
+        (["--method", "diffmas"], "pass --adapter"),
+        (["--method", "latent_mas", "--adapter", run], "takes no --adapter"),
+        (["--method", "single_sft", "--adapter", run], "trained with method 'diffmas'"),
+        (["--method", "diffmas", "--adapter", run, "--topology", "hierarchical"], "trained for agents"),
+        (["--method", "diffmas", "--adapter", str(tmp_path)], "no complete DiffMAS checkpoint"),
+    ]
     for extra, message in cases:
         assert main(eval_args(model_dir, tmp_path / "b", *extra, "--resume")) == 1
         assert message in capsys.readouterr().err, extra
@@ -311,9 +370,14 @@ def test_config_values_are_validated():
     sched = TrainConfig(warmup_steps=2, schedule="linear", min_lr_ratio=0.0)
     assert [round(sched.lr_factor(s, 6), 3) for s in range(6)] == [0.333, 0.667, 1.0, 0.75, 0.5, 0.25]
     assert TrainConfig(curriculum=[[5, 3], [0, 1]]).curriculum == [[0, 1], [5, 3]]
-    for bad in (dict(curriculum=["0-2"]), dict(curriculum=["0:2"], ramp_steps=3), dict(method="sft"),
-                dict(batch_size=0), dict(grad_through="half"),
-                dict(comm_lr=0.0)):
+    for bad in (
+        dict(curriculum=["0-2"]),
+        dict(curriculum=["0:2"], ramp_steps=3),
+        dict(method="sft"),
+        dict(batch_size=0),
+        dict(grad_through="half"),
+        dict(comm_lr=0.0),
+    ):
         with pytest.raises(DiffMASError):
             TrainConfig(**bad)
 
@@ -342,8 +406,9 @@ def test_training_targets_end_in_the_gold_answer():
 
 
 def test_python_dash_m_train_help():
-    proc = subprocess.run([sys.executable, "-m", "diffmas", "train", "--help"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffmas", "train", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert proc.returncode == 0 and "--grad-through" in proc.stdout and "--resume" in proc.stdout
 
 
@@ -363,8 +428,18 @@ def test_one_model_evaluates_a_checkpoint_batch_by_batch(trained, model_dir, tmp
 
     _, summary, *_ = trained
     lm = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
-    base = EvalConfig(model=model_dir, dtype="float32", task="synthetic-arith", batch_size=2, max_new_tokens=4,
-                      latent_steps=2, method="diffmas", adapter=summary["out"], out=str(tmp_path / "ev"), resume=True)
+    base = EvalConfig(
+        model=model_dir,
+        dtype="float32",
+        task="synthetic-arith",
+        batch_size=2,
+        max_new_tokens=4,
+        latent_steps=2,
+        method="diffmas",
+        adapter=summary["out"],
+        out=str(tmp_path / "ev"),
+        resume=True,
+    )
     for limit in (2, 4):  # one call per batch, as benchmarks/gsm8k_methods.py does
         result = evaluate(replace(base, limit=limit), lm=lm, progress=False)
     assert result["n"] == 4

@@ -1,6 +1,6 @@
 """``diffmas compare``: evaluation runs side by side (Markdown table, CSV, plots, HTML report).
 
-    diffmas compare runs/gsm8k-single runs/gsm8k-latent_mas runs/demo --out runs/compare
+diffmas compare runs/gsm8k-single runs/gsm8k-latent_mas runs/demo --out runs/compare
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from diffmas.compare import compare
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffmas compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run directories written by `diffmas eval --out` (or "
-                        "`diffmas demo`), or summary.json files")
+    parser = argparse.ArgumentParser(
+        prog="diffmas compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run directories written by `diffmas eval --out` (or `diffmas demo`), or summary.json files",
+    )
     parser.add_argument("--out", default="runs/compare", help="where the CSV, plot and HTML report go")
     parser.add_argument("--title", default="DiffMAS comparison")
     args = parser.parse_args(argv)

@@ -13,14 +13,21 @@ from diffmas.demo import METHODS, DemoConfig, report, run_demo
 def main(argv: list[str]) -> int:
     cfg, _ = parse_config("diffmas demo", __doc__, DemoConfig, argv)
     quiet_transformers()
-    print(f"Training diffmas and single_sft ({cfg.train_steps} steps x {cfg.train_batch_size} problems each), then "
-          f"evaluating {', '.join(METHODS)} on {cfg.limit} held-out {cfg.task} problems with {cfg.model}.")
-    print(f"On 2 CPU cores this takes about {cfg.estimate_minutes():.0f} minutes (less with more cores). "
-          "Finished stages are kept: stop and rerun to resume.", flush=True)
+    print(
+        f"Training diffmas and single_sft ({cfg.train_steps} steps x {cfg.train_batch_size} problems each), then "
+        f"evaluating {', '.join(METHODS)} on {cfg.limit} held-out {cfg.task} problems with {cfg.model}."
+    )
+    print(
+        f"On 2 CPU cores this takes about {cfg.estimate_minutes():.0f} minutes (less with more cores). "
+        "Finished stages are kept: stop and rerun to resume.",
+        flush=True,
+    )
     summaries = run_demo(cfg)
     for line in report(summaries):
         print(line)
     out = Path(cfg.out)
-    print(f"\nplot: {out / 'demo.png'}\nsummary: {out / 'summary.json'}\n"
-          f"per-example records: {out}/<method>/records.jsonl")
+    print(
+        f"\nplot: {out / 'demo.png'}\nsummary: {out / 'summary.json'}\n"
+        f"per-example records: {out}/<method>/records.jsonl"
+    )
     return 0

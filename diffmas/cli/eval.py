@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from diffmas.cli._common import parse_config, quiet_transformers
-from diffmas.evaluate import RECORDS, SUMMARY, EvalConfig, evaluate
+from diffmas.evaluate import EvalConfig, evaluate
+from diffmas.records import RECORDS, SUMMARY
 from diffmas.report import summary_table, warnings
 
 
@@ -16,9 +17,11 @@ def print_summary(summary: dict) -> None:
     if "stability" in summary:
         st = summary["stability"]
         seeds = ", ".join(f"{100 * a:.1f}%" for a in st["per_seed_accuracy"])
-        print(f"\n{st['samples']} samples per problem: accuracy per seed {seeds} (mean {100 * st['mean']:.1f}% +- "
-              f"{100 * st['std']:.1f}); majority vote {100 * st['majority_accuracy']:.1f}%; answers agree on "
-              f"{100 * st['agreement']:.1f}% of problems")
+        print(
+            f"\n{st['samples']} samples per problem: accuracy per seed {seeds} (mean {100 * st['mean']:.1f}% +- "
+            f"{100 * st['std']:.1f}); majority vote {100 * st['majority_accuracy']:.1f}%; answers agree on "
+            f"{100 * st['agreement']:.1f}% of problems"
+        )
     print(f"\npeak memory {summary['peak_memory_mb']:.0f} MB, wall time {summary['wall_seconds']:.1f}s")
     for line in warnings(summary):
         print(f"warning: {line}")

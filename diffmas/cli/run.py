@@ -7,18 +7,20 @@ from dataclasses import dataclass
 import torch
 
 from diffmas.cli._common import parse_config, quiet_transformers
-from diffmas.config import option
+from diffmas.config import option, redefault
 from diffmas.errors import DiffMASError
-from diffmas.evaluate import SetupConfig
-from diffmas.methods import Trace
+from diffmas.methods import SetupConfig, Trace
+from diffmas.options import TaskOptions
 from diffmas.tasks import get_task
 
 
 @dataclass
-class RunConfig(SetupConfig):
+class RunConfig(SetupConfig, TaskOptions):
     question: str = option("", "the question to answer")
-    task: str = option("gsm8k", "task whose prompts and answer format to use (math, multiple choice...)")
-    readout_k: int = option(3, "logit-lens tokens shown per latent vector")
+    task: str = redefault(
+        TaskOptions, "task", "gsm8k", "task whose prompts and answer format to use (math, multiple choice...)"
+    )
+    readout_k: int = redefault(SetupConfig, "readout_k", 3, "logit-lens tokens shown per latent vector")
 
 
 def format_trace(trace: Trace, prediction: str | None) -> str:
@@ -34,8 +36,9 @@ def format_trace(trace: Trace, prediction: str | None) -> str:
         if a.text is not None:
             lines.append(f"   [{a.generated_tokens} tokens]")
             lines.extend("   " + line for line in a.text.strip().splitlines())
-    lines.append(f"\nanswer: {prediction}   (generated tokens: {trace.generated_tokens}, "
-                 f"latent steps: {trace.latent_steps})")
+    lines.append(
+        f"\nanswer: {prediction}   (generated tokens: {trace.generated_tokens}, latent steps: {trace.latent_steps})"
+    )
     return "\n".join(lines)
 
 

@@ -68,17 +68,25 @@ def split_size(task: Task, split: str) -> str:
         except DataError as err:
             return f"{split}: cannot be generated ({err})"
     known = {**_KNOWN_SIZES.get(task.name, {}), **getattr(task, "known_sizes", {})}.get(split)
-    return f"{split}: {known} (published size; not local)" if known is not None else f"{split}: not local (size not recorded)"
+    return (
+        f"{split}: {known} (published size; not local)"
+        if known is not None
+        else f"{split}: not local (size not recorded)"
+    )
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="diffmas tasks", description="List the tasks: family, sources (hub id, local files) and split sizes.")
+        prog="diffmas tasks", description="List the tasks: family, sources (hub id, local files) and split sizes."
+    )
     parser.add_argument("--no-sizes", action="store_true", help="do not read local files to count examples")
     args = parser.parse_args(argv)
     root = io.data_dir()
-    print(f"{io.DATA_DIR_ENV}={root}" if root is not None else
-          f"{io.DATA_DIR_ENV} is not set: sizes are published ones; local files are read only with it set")
+    print(
+        f"{io.DATA_DIR_ENV}={root}"
+        if root is not None
+        else f"{io.DATA_DIR_ENV} is not set: sizes are published ones; local files are read only with it set"
+    )
     for task in list_tasks():
         print(f"\n{task.name} ({task.family})")
         print(f"  hub:    {hub_source(task)}")

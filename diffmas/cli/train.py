@@ -1,7 +1,7 @@
 """``diffmas train``: train a latent multi-agent system (or the single-agent control) end to end.
 
-    diffmas train --config configs/gsm8k-qwen0.5b.yaml [--flags]
-    accelerate launch --multi_gpu --num_processes 2 -m diffmas train --config ...   # data parallel (CPU too)
+diffmas train --config configs/gsm8k-qwen0.5b.yaml [--flags]
+accelerate launch --multi_gpu --num_processes 2 -m diffmas train --config ...   # data parallel (CPU too)
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from diffmas.train.config import TrainConfig
 
 
 def main(argv: list[str]) -> int:
-    cfg, _ = parse_config("diffmas train", "Train LoRA adapters (and the communication map) end to end.",
-                          TrainConfig, argv)
+    cfg, _ = parse_config(
+        "diffmas train", "Train LoRA adapters (and the communication map) end to end.", TrainConfig, argv
+    )
     quiet_transformers()
     from diffmas.train.trainer import LOG, Trainer
 
@@ -22,11 +23,17 @@ def main(argv: list[str]) -> int:
         trainer = Trainer(cfg)
         if trainer.dist.main:
             n = sum(p.numel() for p in trainer.params)
-            data = (f"{len(trainer.items)} trajectories ({cfg.trajectories}) of the {len(trainer.examples)} examples"
-                    if cfg.trajectories else f"{len(trainer.examples)} examples")
+            data = (
+                f"{len(trainer.items)} trajectories ({cfg.trajectories}) of the {len(trainer.examples)} examples"
+                if cfg.trajectories
+                else f"{len(trainer.examples)} examples"
+            )
             stages = f" ({cfg.role_steps} role steps, then joint)" if cfg.role_steps else ""
-            print(f"training {cfg.method} on {data} of {trainer.source}: {trainer.total_steps} steps{stages}, "
-                  f"{n:,} trainable parameters -> {trainer.out}", flush=True)
+            print(
+                f"training {cfg.method} on {data} of {trainer.source}: {trainer.total_steps} steps{stages}, "
+                f"{n:,} trainable parameters -> {trainer.out}",
+                flush=True,
+            )
         summary = trainer.train()
     finally:
         import torch.distributed
@@ -38,8 +45,10 @@ def main(argv: list[str]) -> int:
         if last is not None:
             print(f"step {summary['steps']}: loss {last['loss']:.4f}")
         if not summary["finished"]:
-            print(f"stopped at step {summary['steps']} of {trainer.total_steps} (--until-step); rerun with --resume "
-                  "to continue")
+            print(
+                f"stopped at step {summary['steps']} of {trainer.total_steps} (--until-step); rerun with --resume "
+                "to continue"
+            )
         print(f"log: {trainer.out / LOG}\nadapters: {summary['final']}")
         (trainer.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -1,23 +1,31 @@
-"""Methods: ways of answering questions with one model. One file each, one interface."""
+"""Methods: ways of answering questions with one model. One file each, one interface.
+
+from diffmas.methods import SetupConfig
+method = SetupConfig(method="latent_mas").build_method(lm, task)
+"""
 
 from __future__ import annotations
 
-from diffmas.errors import UnknownNameError
 from diffmas.methods.base import AgentTrace, Method, MethodConfig, Trace
 from diffmas.methods.diffmas import DiffMAS
+from diffmas.methods.factory import METHODS, SetupConfig, build_method, get_method_class
 from diffmas.methods.latent_mas import LatentMAS
 from diffmas.methods.single import SingleAgent
 from diffmas.methods.single_sft import SingleSFT
 from diffmas.methods.text_mas import TextMAS
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SingleAgent, TextMAS, LatentMAS, DiffMAS, SingleSFT)}
-
-
-def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise UnknownNameError("method", name, list(METHODS))
-    return METHODS[name]
-
-
-__all__ = ["METHODS", "AgentTrace", "DiffMAS", "LatentMAS", "Method", "MethodConfig", "SingleAgent", "SingleSFT",
-           "TextMAS", "Trace", "get_method_class"]
+__all__ = [
+    "METHODS",
+    "AgentTrace",
+    "DiffMAS",
+    "LatentMAS",
+    "Method",
+    "MethodConfig",
+    "SetupConfig",
+    "SingleAgent",
+    "SingleSFT",
+    "TextMAS",
+    "Trace",
+    "build_method",
+    "get_method_class",
+]

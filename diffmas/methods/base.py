@@ -8,32 +8,36 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from diffmas.agents import SystemSpec
-from diffmas.cache import SharedKVCache
 from diffmas.config import option
-from diffmas.engine import LM, AnswerCue, DecodePool, Sampling
+from diffmas.decoding import AnswerCue, DecodePool, Sampling, decode
+from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
+from diffmas.kv_trace import SharedKVCache
+from diffmas.options import SamplingOptions
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(SamplingOptions):
     latent_steps: int = option(10, "latent steps per upstream agent (latent_mas)")
     realign: bool = option(True, "map hidden states into the input-embedding space before feeding them back")
     max_new_tokens: int = option(512, "token budget of the agent that writes the answer")
     agent_max_new_tokens: int = option(256, "token budget of each intermediate text agent (text_mas)")
-    temperature: float = option(0.0, "sampling temperature; 0 means greedy")
-    top_p: float = option(1.0, "nucleus sampling mass (with temperature > 0)")
-    seed: int = option(0, "random seed for sampling")
     # An untrained latent_mas judger ended its turn at once on 6 of 50 MedQA problems: an empty
     # answer is never useful, so the first token may not be a stop token.
     min_new_tokens: int = option(1, "each agent writes at least this many tokens before it may stop")
-    stop_loops: int = option(0, "stop an agent's text once its last N tokens are one short block repeated at "
-                             "least 4 times (a decoding loop); 0: off, else at least 16")
-    # Stated once (the default), latent_mas on GSM8K's last 100 went from 4% to 10% and from 3.27 to
-    # 1.88 s per problem, on ARC-Challenge dev from 18% to 28% (docs/RESULTS.md).
+    stop_loops: int = option(
+        0,
+        "stop an agent's text once its last N tokens are one short block repeated at "
+        "least 4 times (a decoding loop); 0: off, else at least 16",
+    )
+    # Stated once (the default), the shared trace is shorter and, untrained, latent_mas was more
+    # accurate on GSM8K and ARC-Challenge (docs/concepts.md, "The question is stated once").
     repeat_question: bool | None = option(
-        None, "latent_mas / diffmas: state the question in every agent's prompt, as LatentMAS does (default: "
+        None,
+        "latent_mas / diffmas: state the question in every agent's prompt, as LatentMAS does (default: "
         "latent_mas only in the prompts of agents that cannot read it in the shared cache, for shorter traces; "
-        "diffmas as its adapters were trained)")
+        "diffmas as its adapters were trained)",
+    )
     readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
 
     def __post_init__(self) -> None:
@@ -43,8 +47,10 @@ class MethodConfig:
             if getattr(self, name) < 1:
                 raise DiffMASError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.min_new_tokens <= min(self.max_new_tokens, self.agent_max_new_tokens):
-            raise DiffMASError(f"min_new_tokens must be in [0, {min(self.max_new_tokens, self.agent_max_new_tokens)}] "
-                               f"(the token budgets), got {self.min_new_tokens}")
+            raise DiffMASError(
+                f"min_new_tokens must be in [0, {min(self.max_new_tokens, self.agent_max_new_tokens)}] "
+                f"(the token budgets), got {self.min_new_tokens}"
+            )
         self.sampling()  # the decoding settings' own checks (stop_loops, top_p), before anything runs
 
     def sampling(self, offset: int = 0) -> Sampling:
@@ -90,16 +96,23 @@ class Trace:
 
     def mark_cued(self, cue_tokens: int) -> None:
         """``cue_tokens`` of the final agent's ids are the answer cue (see
-        :class:`~diffmas.engine.AnswerCue`): fed, not generated, so they count as prompt tokens."""
+        :class:`~diffmas.decoding.AnswerCue`): fed, not generated, so they count as prompt tokens."""
         final = self.agents[-1]
         final.answer_cued = True
         final.generated_tokens -= cue_tokens
         final.prompt_tokens += cue_tokens
 
 
+def per_row(value: int | list[int], batch: int) -> list[int]:
+    """A per-row count from one value for every row or a list of them."""
+    return [value] * batch if isinstance(value, int) else list(value)
+
+
 def missing_adapter(method: str) -> DiffMASError:
-    return DiffMASError(f"method {method} runs a trained system: pass --adapter DIR, a `diffmas train` output "
-                        "directory or one of its checkpoints (e.g. runs/train-x/final)")
+    return DiffMASError(
+        f"method {method} runs a trained system: pass --adapter DIR, a `diffmas train` output "
+        "directory or one of its checkpoints (e.g. runs/train-x/final)"
+    )
 
 
 @dataclass
@@ -114,12 +127,26 @@ class Prepared:
     finish: Callable[[int, list[int]], Trace]  # (row, answer ids) -> that problem's trace
 
 
+@dataclass
+class Context:
+    """A batch brought up to where the answering agent writes: the one forward pass that inference
+    (which decodes on top of it) and training (which teacher-forces a target on it) share."""
+
+    cache: SharedKVCache
+    last_hidden: torch.Tensor  # (B, d): the hidden state of each row's last prompt token of the answering agent
+    agent: str  # who writes the answers
+    role: str
+    prompts: list[list[int]]  # prompts[b]: token ids of the answering agent's prompt for row b
+    upstream: list[list[AgentTrace]]  # upstream[b]: one AgentTrace per agent before it, for row b
+    sampling_offset: int = 0  # added to the sampling seed of the answering agent (text_mas: its index)
+
+
 class Method:
     """A way of answering a batch of questions with one model.
 
-    Subclasses implement :meth:`prepare` (everything before the answer is written); answering
-    is shared: :meth:`run` decodes one batch, :meth:`run_stream` lets later batches join the
-    answers still being written.
+    Subclasses implement :meth:`build_context` (everything before the answer is written);
+    answering is shared: :meth:`prepare` builds the context for decoding, :meth:`run` decodes one
+    batch, :meth:`run_stream` lets later batches join the answers still being written.
     """
 
     name = "method"
@@ -147,20 +174,68 @@ class Method:
         if self.needs_adapter and adapter is None:
             raise missing_adapter(self.name)
         if adapter is not None and not self.needs_adapter:
-            raise DiffMASError(f"method {self.name} takes no --adapter; trained adapters run with --method "
-                               "diffmas (latent MAS) or single_sft (single agent)")
+            raise DiffMASError(
+                f"method {self.name} takes no --adapter; trained adapters run with --method "
+                "diffmas (latent MAS) or single_sft (single agent)"
+            )
+
+    def build_context(
+        self,
+        questions: list[str],
+        ids: list[str] | None = None,
+        *,
+        reserve: int | list[int] = 0,
+        reserve_what: str = "--max-new-tokens",
+        grad_last_k: int | None = None,
+        hide_from_final: torch.Tensor | None = None,
+    ) -> Context:
+        """Run everything before the answer and prefill the answering agent's prompt.
+
+        ``reserve``: positions each row still needs after the context (the answer budget, or the
+        length of a teacher-forced target; ``reserve_what`` names it in the error when a row does
+        not fit the model's context). ``grad_last_k`` and ``hide_from_final`` say how gradients
+        reach upstream agents and which of them the answering agent sees (see
+        :meth:`LatentMAS.build_context <diffmas.methods.latent_mas.LatentMAS.build_context>`);
+        methods without upstream latent agents take only the defaults.
+        """
+        raise NotImplementedError
+
+    def prefill_prompts(
+        self, agent: str, prompts: list[list[int]], ids: list[str] | None, reserve: int | list[int], what: str
+    ) -> tuple[SharedKVCache, torch.Tensor]:
+        """A fresh trace holding ``agent``'s left-padded ``prompts``, checked to leave ``reserve``
+        positions per row; returns it with the (B, d) last hidden states."""
+        reserve = per_row(reserve, len(prompts))
+        self.check_fits(ids, [len(p) + r for p, r in zip(prompts, reserve)], what)
+        cache = self.lm.new_cache(len(prompts))
+        return cache, self.lm.prefill(cache, agent, prompts)
 
     def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
-        raise NotImplementedError
+        cfg, lm = self.config, self.lm
+        ctx = self.build_context(questions, ids, reserve=cfg.max_new_tokens)
+
+        def finish(b: int, out: list[int]) -> Trace:
+            text = lm.decode_text(out)
+            return Trace(text, ctx.upstream[b] + [AgentTrace(ctx.agent, ctx.role, len(ctx.prompts[b]), text, len(out))])
+
+        return Prepared(
+            ctx.cache, ctx.last_hidden, ctx.agent, cfg.max_new_tokens, cfg.sampling(offset=ctx.sampling_offset), finish
+        )
 
     def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
         p = self.prepare(questions, ids)
-        outputs = self.lm.decode(p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
+        outputs = decode(self.lm, p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
         return [p.finish(b, out) for b, out in enumerate(outputs)]
 
-    def run_stream(self, questions: list[str], ids: list[str] | None = None, batch_size: int = 8,
-                   refill: float = 0.25, by_length: bool = False,
-                   cue: AnswerCue | None = None) -> Iterator[tuple[int, Trace]]:
+    def run_stream(
+        self,
+        questions: list[str],
+        ids: list[str] | None = None,
+        batch_size: int = 8,
+        refill: float = 0.25,
+        by_length: bool = False,
+        cue: AnswerCue | None = None,
+    ) -> Iterator[tuple[int, Trace]]:
         """Answer ``questions`` batch by batch, yielding (index, trace) as each answer finishes.
 
         When at most ``refill * batch_size`` answers are still being written, the next batch is
@@ -170,8 +245,7 @@ class Method:
 
         ``by_length``: batch the questions longest first instead of in the given order, so that
         each batch holds questions of about one length and its left-padded prefills compute few
-        pad positions (GSM8K in the given order: 33% of latent_mas's prefilled positions were pads,
-        benchmarks/phase_times.py).
+        pad positions (``benchmarks/diagnostics/phase_times.py`` counts them).
 
         ``cue``: an :class:`AnswerCue` whose ``readable`` and ``choices`` take the index into
         ``questions`` as the row key;
@@ -183,15 +257,21 @@ class Method:
         order = self.length_order(questions) if by_length else list(range(len(questions)))
         pool: DecodePool | None = None
         # The pool's row keys are (index, row, finish): the caller's check sees the index.
-        pool_cue = None if cue is None else replace(
-            cue, readable=lambda key, text: cue.readable(key[0], text),
-            choices=None if cue.choices is None else lambda key: cue.choices(key[0]))
+        pool_cue = (
+            None
+            if cue is None
+            else replace(
+                cue,
+                readable=lambda key, text: cue.readable(key[0], text),
+                choices=None if cue.choices is None else lambda key: cue.choices(key[0]),
+            )
+        )
         start = 0
         while start < len(questions) or (pool is not None and len(pool)):
             # Traces with sliding-window layers cannot be merged: their batches take turns.
             joinable = pool is None or not len(pool) or (pool.cache.mergeable and len(pool) <= refill * batch_size)
             if start < len(questions) and joinable:
-                batch = order[start:start + batch_size]
+                batch = order[start : start + batch_size]
                 p = self.prepare([questions[i] for i in batch], [ids[i] for i in batch])
                 pool = pool or DecodePool(self.lm, p.agent, p.sampling, pool_cue)
                 keys = [(i, b, p.finish) for b, i in enumerate(batch)]

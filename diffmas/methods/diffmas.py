@@ -12,34 +12,34 @@ import sys
 from dataclasses import replace
 
 from diffmas.agents import SystemSpec
+from diffmas.checkpoint import TrainedCheckpoint, trained_repeat_question
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.methods.base import MethodConfig, missing_adapter
 from diffmas.methods.latent_mas import LatentMAS
 
 
-def open_checkpoint(method: str, adapter: str | None):
+def open_checkpoint(method: str, adapter: str | None) -> TrainedCheckpoint:
     """The checkpoint a trained method loads (a clear error when none is given)."""
     if adapter is None:
         raise missing_adapter(method)
-    from diffmas.train.checkpoint import TrainedCheckpoint
-
     return TrainedCheckpoint(adapter)
-
-
-def trained_repeat_question(checkpoint) -> bool:
-    """Whether the checkpoint's agents were trained with the question in every prompt."""
-    from diffmas.train.config import BEFORE_WRITTEN
-
-    return bool(checkpoint.manifest.get("repeat_question", BEFORE_WRITTEN["repeat_question"]))
 
 
 class DiffMAS(LatentMAS):
     name = "diffmas"
     needs_adapter = True
 
-    def __init__(self, lm: LM, config: MethodConfig | None = None, *, family: str = "math", answer_format: str,
-                 system: SystemSpec | None = None, adapter: str | None = None):
+    def __init__(
+        self,
+        lm: LM,
+        config: MethodConfig | None = None,
+        *,
+        family: str = "math",
+        answer_format: str,
+        system: SystemSpec | None = None,
+        adapter: str | None = None,
+    ):
         checkpoint = open_checkpoint(self.name, adapter)
         system = system or checkpoint.system
         if system is None:
@@ -59,10 +59,16 @@ class DiffMAS(LatentMAS):
         checkpoint, cfg = self.checkpoint, self.config
         trained = checkpoint.manifest.get("latent_steps")
         if trained is not None and trained != cfg.latent_steps:
-            print(f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
-                  f"{cfg.latent_steps} (--latent-steps)", file=sys.stderr)
+            print(
+                f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
+                f"{cfg.latent_steps} (--latent-steps)",
+                file=sys.stderr,
+            )
         repeat = trained_repeat_question(checkpoint)
         if repeat != cfg.repeat_question:
             flags = ("--no-repeat-question", "--repeat-question")
-            print(f"note: {checkpoint.path} was trained with {flags[repeat]}; running with {flags[not repeat]}, so "
-                  f"its agents see prompts they were not trained on (pass {flags[repeat]} to match)", file=sys.stderr)
+            print(
+                f"note: {checkpoint.path} was trained with {flags[repeat]}; running with {flags[not repeat]}, so "
+                f"its agents see prompts they were not trained on (pass {flags[repeat]} to match)",
+                file=sys.stderr,
+            )

@@ -6,32 +6,21 @@ final agent prefills its prompt on top of the whole trace and decodes the answer
 [A1 prompt, A1 latents, A2 prompt, A2 latents, ..., final prompt, answer]; nothing is overwritten.
 With 0 latent steps the final agent still reads the upstream agents' prompt segments.
 
-:meth:`LatentMAS.build_trace` is everything up to the answer. Inference decodes on top of it;
+:meth:`LatentMAS.build_context` is everything up to the answer. Inference decodes on top of it;
 training (diffmas.train.objective) teacher-forces a target on top of the very same trace.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
-from diffmas.cache import SharedKVCache
 from diffmas.errors import DiffMASError
+from diffmas.kv_trace import SharedKVCache
 from diffmas.latent import LatentMap, Realigner, run_latent_steps
-from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
+from diffmas.methods.base import AgentTrace, Context, Method, per_row
 from diffmas.prompts import agent_messages
-
-
-@dataclass
-class BuiltTrace:
-    """A batch's shared trace, ready for the final agent's answer."""
-
-    cache: SharedKVCache
-    last_hidden: torch.Tensor  # (B, d): final hidden state of the final agent's last prompt token
-    prompts: list[list[list[int]]]  # prompts[j][b]: token ids of agent j's prompt for row b
-    agents: list[list[AgentTrace]]  # agents[b]: one AgentTrace per upstream agent of row b
 
 
 class LatentMAS(Method):
@@ -60,32 +49,39 @@ class LatentMAS(Method):
         for j, agent in enumerate(system.agents):
             unseen = not any(asks[i] for i in system.sees(j))  # no prompt it reads states the question
             if agent.question is False and unseen:
-                raise DiffMASError(f"agent {agent.name} has question: false, but no agent whose work it reads "
-                                   "is given the question: it would have no way to read it")
+                raise DiffMASError(
+                    f"agent {agent.name} has question: false, but no agent whose work it reads "
+                    "is given the question: it would have no way to read it"
+                )
             asks.append(agent.question if agent.question is not None else bool(self.config.repeat_question) or unseen)
             messages = [
                 agent_messages(
-                    agent.instruction(self.family), q if asks[j] else None, final=j == n - 1,
-                    answer_format=self.answer_format, latent_context=bool(system.sees(j)),
+                    agent.instruction(self.family),
+                    q if asks[j] else None,
+                    final=j == n - 1,
+                    answer_format=self.answer_format,
+                    latent_context=bool(system.sees(j)),
                 )
                 for q in questions
             ]
             prompts.append([self.lm.chat_ids(m) for m in messages])
         return prompts
 
-    def build_trace(
+    def build_context(
         self,
         questions: list[str],
         ids: list[str] | None = None,
         *,
         reserve: int | list[int] = 0,
+        reserve_what: str = "--max-new-tokens",
         grad_last_k: int | None = None,
         hide_from_final: torch.Tensor | None = None,
-    ) -> BuiltTrace:
+    ) -> Context:
         """Run every upstream agent (prefill + latent steps) and prefill the final agent's prompt.
 
         ``reserve``: positions each row still needs after the trace (the answer budget, or the
-        length of a teacher-forced target), checked against the model's context.
+        length of a teacher-forced target), checked against the model's context (``reserve_what``:
+        the same message whatever it is, the trace's parts are counted together).
 
         ``grad_last_k`` only ever *turns gradients off*, so inference under ``inference_mode`` is
         unaffected. None: the ambient grad mode everywhere. k >= 0: each upstream agent's prompt
@@ -98,15 +94,22 @@ class LatentMAS(Method):
         segments from row b's final agent (communication dropout). They stay hidden for whatever
         is appended afterwards (decoding or a target).
         """
-        lm, cfg, system = self.lm, self.config, self.system
-        batch = len(questions)
         prompts = self.build_prompts(questions)
-        upstream = range(len(system.agents) - 1)
-        reserve = [reserve] * batch if isinstance(reserve, int) else list(reserve)
-        steps = sum(self.steps_for(j) for j in upstream)
-        needed = [sum(len(p[b]) for p in prompts) + steps + reserve[b] for b in range(batch)]
+        reserve = per_row(reserve, len(questions))
+        steps = sum(self.steps_for(j) for j in range(len(self.system.agents) - 1))
+        needed = [sum(len(p[b]) for p in prompts) + steps + reserve[b] for b in range(len(questions))]
         self.check_fits(ids, needed, "the shared trace (all prompts, latent steps and the answer)")
+        cache, traces = self.run_upstream(prompts, grad_last_k)
+        return self.finish_context(cache, prompts[-1], traces, hide_from_final)
 
+    def run_upstream(
+        self, prompts: list[list[list[int]]], grad_last_k: int | None = None
+    ) -> tuple[SharedKVCache, list[list[AgentTrace]]]:
+        """A fresh trace holding every upstream agent's prompt ``prompts[j]`` and latent steps
+        (``grad_last_k`` as in :meth:`build_context`), with one AgentTrace per agent and row."""
+        lm, cfg, system = self.lm, self.config, self.system
+        batch = len(prompts[0])
+        upstream = range(len(system.agents) - 1)
         cache = lm.new_cache(batch)
         index = {a.name: i for i, a in enumerate(system.agents)}
         traces: list[list[AgentTrace]] = [[] for _ in range(batch)]
@@ -127,31 +130,38 @@ class LatentMAS(Method):
                 cache.set_visible(seg, True)
             for b in range(batch):
                 traces[b].append(
-                    AgentTrace(agent.name, agent.role, len(prompts[j][b]), latent_steps=n,
-                               readout=early[b] + late[b] if cfg.readout_k else None)
+                    AgentTrace(
+                        agent.name,
+                        agent.role,
+                        len(prompts[j][b]),
+                        latent_steps=n,
+                        readout=early[b] + late[b] if cfg.readout_k else None,
+                    )
                 )
 
+        return cache, traces
+
+    def finish_context(
+        self,
+        cache: SharedKVCache,
+        final_prompts: list[list[int]],
+        upstream: list[list[AgentTrace]],
+        hide_from_final: torch.Tensor | None = None,
+    ) -> Context:
+        """Hide what ``hide_from_final`` says and prefill the final agent's prompts on the upstream trace."""
         if hide_from_final is not None:
             self._hide_upstream(cache, hide_from_final)
-        hidden = lm.prefill(cache, system.final.name, prompts[-1])
-        return BuiltTrace(cache, hidden, prompts, traces)
+        final = self.system.final
+        hidden = self.lm.prefill(cache, final.name, final_prompts)
+        return Context(cache, hidden, final.name, final.role, final_prompts, upstream)
 
     def _hide_upstream(self, cache: SharedKVCache, hide: torch.Tensor) -> None:
         upstream = self.system.upstream
         if tuple(hide.shape) != (cache.batch_size, len(upstream)):
-            raise ValueError(f"hide_from_final must be (B, n_upstream) = {(cache.batch_size, len(upstream))}, "
-                             f"got {tuple(hide.shape)}")
+            raise ValueError(
+                f"hide_from_final must be (B, n_upstream) = {(cache.batch_size, len(upstream))}, "
+                f"got {tuple(hide.shape)}"
+            )
         for j, agent in enumerate(upstream):
             for seg in cache.segments_of(agent.name):
                 cache.set_visible(seg, False, rows=hide[:, j].bool())
-
-    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
-        lm, cfg, final = self.lm, self.config, self.system.final
-        built = self.build_trace(questions, ids, reserve=cfg.max_new_tokens)
-
-        def finish(b: int, out: list[int]) -> Trace:
-            text = lm.decode_text(out)
-            agents = built.agents[b] + [AgentTrace(final.name, final.role, len(built.prompts[-1][b]), text, len(out))]
-            return Trace(text, agents)
-
-        return Prepared(built.cache, built.last_hidden, final.name, cfg.max_new_tokens, cfg.sampling(), finish)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
+import torch
+
+from diffmas.errors import DiffMASError
+from diffmas.methods.base import Context, Method
 from diffmas.prompts import single_messages
 
 
@@ -14,15 +17,18 @@ class SingleAgent(Method):
         """Token ids of the single-agent prompt of each question (inference and training)."""
         return [self.lm.chat_ids(single_messages(q, self.answer_format)) for q in questions]
 
-    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
-        lm, cfg = self.lm, self.config
+    def build_context(
+        self,
+        questions: list[str],
+        ids: list[str] | None = None,
+        *,
+        reserve: int | list[int] = 0,
+        reserve_what: str = "--max-new-tokens",
+        grad_last_k: int | None = None,
+        hide_from_final: torch.Tensor | None = None,
+    ) -> Context:
+        if hide_from_final is not None:
+            raise DiffMASError(f"method {self.name} has no upstream agents to hide")
         prompts = self.build_prompts(questions)
-        self.check_fits(ids, [len(p) + cfg.max_new_tokens for p in prompts], "the prompt plus --max-new-tokens")
-        cache = lm.new_cache(len(prompts))
-        hidden = lm.prefill(cache, self.agent, prompts)
-
-        def finish(b: int, out: list[int]) -> Trace:
-            text = lm.decode_text(out)
-            return Trace(text, [AgentTrace(self.agent, "solver", len(prompts[b]), text, len(out))])
-
-        return Prepared(cache, hidden, self.agent, cfg.max_new_tokens, cfg.sampling(), finish)
+        cache, hidden = self.prefill_prompts(self.agent, prompts, ids, reserve, f"the prompt plus {reserve_what}")
+        return Context(cache, hidden, self.agent, "solver", prompts, [[] for _ in questions])

@@ -16,8 +16,16 @@ class SingleSFT(SingleAgent):
     name = "single_sft"
     needs_adapter = True
 
-    def __init__(self, lm: LM, config: MethodConfig | None = None, *, family: str = "math", answer_format: str,
-                 system=None, adapter: str | None = None):
+    def __init__(
+        self,
+        lm: LM,
+        config: MethodConfig | None = None,
+        *,
+        family: str = "math",
+        answer_format: str,
+        system=None,
+        adapter: str | None = None,
+    ):
         checkpoint = open_checkpoint(self.name, adapter)
         checkpoint.check(lm, self.name, [self.agent])
         super().__init__(lm, config, family=family, answer_format=answer_format, adapter=adapter)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from diffmas.methods.base import AgentTrace, Method, Prepared, Trace
+import torch
+
+from diffmas.decoding import decode
+from diffmas.errors import DiffMASError
+from diffmas.methods.base import AgentTrace, Context, Method
 from diffmas.prompts import agent_messages
 
 
@@ -16,34 +20,47 @@ class TextMAS(Method):
         system = self.system
         agent = system.agents[j]
         earlier = [(system.agents[k].name, texts[k]) for k in system.sees(j)]
-        messages = agent_messages(agent.instruction(self.family), question, final=j == len(system.agents) - 1,
-                                  answer_format=self.answer_format, earlier=earlier)
+        messages = agent_messages(
+            agent.instruction(self.family),
+            question,
+            final=j == len(system.agents) - 1,
+            answer_format=self.answer_format,
+            earlier=earlier,
+        )
         return self.lm.chat_ids(messages)
 
-    def prepare(self, questions: list[str], ids: list[str] | None = None) -> Prepared:
+    def build_context(
+        self,
+        questions: list[str],
+        ids: list[str] | None = None,
+        *,
+        reserve: int | list[int] = 0,
+        reserve_what: str = "--max-new-tokens",
+        grad_last_k: int | None = None,
+        hide_from_final: torch.Tensor | None = None,
+    ) -> Context:
         """Run every agent but the last, then prefill the last one's prompt (it has their texts)."""
+        if grad_last_k is not None or hide_from_final is not None:
+            raise DiffMASError("text_mas passes text: its upstream agents have no latent trace to freeze or hide")
         lm, cfg, system = self.lm, self.config, self.system
         batch = len(questions)
         texts: list[list[str]] = [[] for _ in range(batch)]
         traces: list[list[AgentTrace]] = [[] for _ in range(batch)]
-        for j, agent in enumerate(system.agents):
-            final = j == len(system.agents) - 1
-            budget = cfg.max_new_tokens if final else (agent.max_new_tokens or cfg.agent_max_new_tokens)
+        for j, agent in enumerate(system.agents[:-1]):
+            budget = agent.max_new_tokens or cfg.agent_max_new_tokens
             prompts = [self.prompt_ids(j, question, texts[b]) for b, question in enumerate(questions)]
-            self.check_fits(ids, [len(p) + budget for p in prompts], f"agent {agent.name}'s prompt plus its tokens")
             # Each agent starts from a fresh cache: text MAS passes text, not state.
-            cache = lm.new_cache(batch)
-            hidden = lm.prefill(cache, agent.name, prompts)
-            if final:
-                break
-            outputs = lm.decode(cache, agent.name, hidden, budget, cfg.sampling(offset=j))
+            cache, hidden = self.prefill_prompts(
+                agent.name, prompts, ids, budget, f"agent {agent.name}'s prompt plus its tokens"
+            )
+            outputs = decode(lm, cache, agent.name, hidden, budget, cfg.sampling(offset=j))
             for b, (prompt, out) in enumerate(zip(prompts, outputs)):
                 text = lm.decode_text(out)
                 texts[b].append(text)
                 traces[b].append(AgentTrace(agent.name, agent.role, len(prompt), text, len(out)))
-
-        def finish(b: int, out: list[int]) -> Trace:
-            text = lm.decode_text(out)
-            return Trace(text, traces[b] + [AgentTrace(agent.name, agent.role, len(prompts[b]), text, len(out))])
-
-        return Prepared(cache, hidden, agent.name, budget, cfg.sampling(offset=j), finish)
+        j, final = len(system.agents) - 1, system.final
+        prompts = [self.prompt_ids(j, question, texts[b]) for b, question in enumerate(questions)]
+        cache, hidden = self.prefill_prompts(
+            final.name, prompts, ids, reserve, f"agent {final.name}'s prompt plus its tokens"
+        )
+        return Context(cache, hidden, final.name, final.role, prompts, traces, sampling_offset=j)

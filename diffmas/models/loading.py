@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from diffmas.errors import DiffMASError, ModelNotInstalledError, UnknownNameError
-from diffmas.models import cache
-from diffmas.models.attention import use_cpu_attention
-from diffmas.models.exact import make_batch_invariant
-from diffmas.models.packed import fuse_sibling_layers, pack_linear_layers
+from diffmas.kernels.attention import use_cpu_attention
+from diffmas.kernels.exact import make_batch_invariant
+from diffmas.kernels.packed import fuse_sibling_layers, pack_linear_layers
+from diffmas.models import store
 from diffmas.models.registry import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, get_offline_model
 
 ATTN_IMPLEMENTATION = "sdpa"
@@ -60,7 +60,7 @@ def list_models(cache_dir=None) -> list[ModelStatus]:
             name=m.name,
             hub_id=m.hub_id,
             installed=m.is_installed(),
-            cached=cache.is_cached(m.name, cache_dir),
+            cached=store.is_cached(m.name, cache_dir),
             install_command=m.pip_command,
             description=m.description,
             size=m.size,
@@ -145,9 +145,11 @@ def _check_gguf(entry: OfflineModel, path: Path) -> Path:
             while block := src.read(16 << 20):
                 digest.update(block)
         if digest.hexdigest() != entry.sha256:
-            raise DiffMASError(f"{path} is not the GGUF of {entry.name!r} (sha256 {digest.hexdigest()}, expected "
-                               f"{entry.sha256}); pass the file its packages form, or install them instead: "
-                               f"{entry.pip_command}")
+            raise DiffMASError(
+                f"{path} is not the GGUF of {entry.name!r} (sha256 {digest.hexdigest()}, expected "
+                f"{entry.sha256}); pass the file its packages form, or install them instead: "
+                f"{entry.pip_command}"
+            )
     return path
 
 
@@ -208,7 +210,7 @@ def _load_gguf(entry: OfflineModel, gguf: Path):
             **kwargs, **model_kwargs,
         )  # fmt: skip
     except ImportError as err:
-        raise DiffMASError(f"loading GGUF files needs the 'gguf' package: pip install gguf ({err})")
+        raise DiffMASError(f"loading GGUF files needs the 'gguf' package: pip install gguf ({err})") from err
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as err:
         raise DiffMASError(
             f"transformers {transformers.__version__} could not load the GGUF of {entry.name!r} "
@@ -229,8 +231,8 @@ def _build_cache(entry: OfflineModel, cache_dir=None, gguf: Path | None = None):
 
     ``gguf``: a (hash-checked) GGUF file of the model to read instead of its installed packages.
     """
-    cache.clean_stale_partials(entry.name, cache_dir)
-    partial = cache.new_partial_dir(entry.name, cache_dir)
+    store.clean_stale_partials(entry.name, cache_dir)
+    partial = store.new_partial_dir(entry.name, cache_dir)
     try:
         start = time.perf_counter()
         gguf = _check_gguf(entry, gguf) if gguf is not None else _assemble_gguf(entry, partial)
@@ -247,7 +249,7 @@ def _build_cache(entry: OfflineModel, cache_dir=None, gguf: Path | None = None):
             "dtype": "float32",
             "seconds_to_build": round(time.perf_counter() - start, 1),
         }
-        cache.commit_partial(partial, entry.name, info, cache_dir)
+        store.commit_partial(partial, entry.name, info, cache_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -255,8 +257,8 @@ def _build_cache(entry: OfflineModel, cache_dir=None, gguf: Path | None = None):
 
 
 def _load_registry_model(entry: OfflineModel, dtype, device, cache_dir):
-    if cache.is_cached(entry.name, cache_dir):
-        return _load_dir(cache.entry_dir(entry.name, cache_dir), dtype, device)
+    if store.is_cached(entry.name, cache_dir):
+        return _load_dir(store.entry_dir(entry.name, cache_dir), dtype, device)
     if not entry.is_installed():
         raise ModelNotInstalledError(entry.install_message())
     model, tokenizer = _build_cache(entry, cache_dir)
@@ -275,23 +277,31 @@ def _not_found(name: str, err: Exception | None = None) -> UnknownNameError:
     return UnknownNameError("model", name, list(OFFLINE_MODELS), hint=hint)
 
 
-def load_model(name_or_path=None, dtype="bfloat16", device="cpu", cache_dir=None, packed: bool = True,
-               cpu_attention: bool = True, batch_invariant: bool = False):
+def load_model(
+    name_or_path=None,
+    dtype="bfloat16",
+    device="cpu",
+    cache_dir=None,
+    packed: bool = True,
+    cpu_attention: bool = True,
+    batch_invariant: bool = False,
+):
     """Load ``(model, tokenizer)`` from a registry name, a local directory or a hub id.
 
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
-    default: about 3x faster than float32 on CPUs with bf16 support), "float32", "float16",
+    default: faster than float32 on CPUs with bf16 support), "float32", "float16",
     "auto" or a torch dtype. ``packed``: on CPU, run the linear layers on oneDNN-prepacked
     weights (inference, and frozen weights in training), the projections that read the same input
-    (q/k/v, gate/up) as one product (:mod:`diffmas.models.packed`: same results, faster).
+    (q/k/v, gate/up) as one product (:mod:`diffmas.kernels.packed`: same results, faster).
     ``cpu_attention``: on CPU, queries of a few tokens attend through matrix products
-    (:mod:`diffmas.models.attention`: same results, faster than the fused kernel there).
+    (:mod:`diffmas.kernels.attention`: same results, faster than the fused kernel there).
     ``batch_invariant``: on CPU, every row's results are bit-identical at any batch size, in
-    bfloat16 too (:mod:`diffmas.models.exact`: slower attention).
+    bfloat16 too (:mod:`diffmas.kernels.exact`: slower attention).
     """
     if batch_invariant and not str(device).startswith("cpu"):
-        raise DiffMASError(f"batch-invariant inference is implemented for CPU only, not {device!r}; "
-                           "leave --batch-invariant off there")
+        raise DiffMASError(
+            f"batch-invariant inference is implemented for CPU only, not {device!r}; leave --batch-invariant off there"
+        )
     model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
     if packed and str(device).startswith("cpu"):
         pack_linear_layers(model)
@@ -343,9 +353,9 @@ def install_model(name: str, cache_dir=None, pip: bool = True, gguf: str | Path 
                 f"pip finished but the files of {name!r} are still missing from this "
                 f"environment ({sys.executable}).\n" + entry.install_message()
             )
-    if not cache.is_cached(entry.name, cache_dir):
+    if not store.is_cached(entry.name, cache_dir):
         _build_cache(entry, cache_dir, gguf=None if gguf is None else Path(gguf).expanduser())  # model dropped
-    return cache.entry_dir(entry.name, cache_dir)
+    return store.entry_dir(entry.name, cache_dir)
 
 
 def _pip_install(entry: OfflineModel) -> None:

@@ -91,18 +91,13 @@ class OfflineModel:
             lines.append(f"    {self.extra_command}")
         lines.append(f"    {self.pip_command}")
         lines.append(f"    diffmas models install {self.name}")
-        lines.append(
-            f"With access to the Hugging Face hub you can instead pass the hub id {self.hub_id!r}."
-        )
+        lines.append(f"With access to the Hugging Face hub you can instead pass the hub id {self.hub_id!r}.")
         return "\n".join(lines)
 
 
 def _numbered_parts(dist_prefix: str, module_prefix: str, count: int) -> tuple[GGUFPart, ...]:
     """The 'partN/data/partNN.bin' scheme shared by the Qwen part packages."""
-    return tuple(
-        GGUFPart(f"{dist_prefix}{i}", f"{module_prefix}{i}/data/part{i:02d}.bin")
-        for i in range(1, count + 1)
-    )
+    return tuple(GGUFPart(f"{dist_prefix}{i}", f"{module_prefix}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
 
 
 # Gemma-3 base models carry no chat template in the GGUF; this follows Gemma's turn format
@@ -169,10 +164,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             extra="gemma3",
             description="Gemma-3-270M base, not instruct (Q4_K_M GGUF, de-quantised)",
             size="268M params; 253 MB download, 1.1 GB float32 cache",
-            parts=tuple(
-                GGUFPart(f"{_GEMMA_PREFIX}-part{i + 1}", _GEMMA_PART_PATH.format(i + 1, i))
-                for i in range(4)
-            ),
+            parts=tuple(GGUFPart(f"{_GEMMA_PREFIX}-part{i + 1}", _GEMMA_PART_PATH.format(i + 1, i)) for i in range(4)),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             # the value its own package checks after assembling (its data/SHA256SUMS)
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",

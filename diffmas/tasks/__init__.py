@@ -4,10 +4,28 @@ Importing this package registers the built-in tasks (one module each); other mod
 them up with :func:`get_task`.
 """
 
-from diffmas.tasks.base import (Example, LoadResult, MathTask, MultipleChoiceTask, Task, get_task,
-                                list_tasks, register_task)
-from diffmas.tasks import (aime, arc, code, commonsenseqa, gpqa, gsm8k, math500,  # noqa: F401  (registers them)
-                           medqa, strategyqa, synthetic_arith, winogrande)
+from diffmas.tasks import (  # noqa: F401  (registers them)
+    aime,
+    arc,
+    code,
+    commonsenseqa,
+    gpqa,
+    gsm8k,
+    math500,
+    medqa,
+    strategyqa,
+    synthetic_arith,
+    winogrande,
+)
+from diffmas.tasks.base import (
+    Example,
+    LoadResult,
+    MathTask,
+    MultipleChoiceTask,
+    Task,
+    get_task,
+    list_tasks,
+    register_task,
+)
 
-__all__ = ["Example", "LoadResult", "MathTask", "MultipleChoiceTask", "Task", "get_task", "list_tasks",
-           "register_task"]
+__all__ = ["Example", "LoadResult", "MathTask", "MultipleChoiceTask", "Task", "get_task", "list_tasks", "register_task"]

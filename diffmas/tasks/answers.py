@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from typing import Sequence
 
 REL_TOL = Fraction(1, 10**6)
 
@@ -224,7 +224,8 @@ LETTERS = "ABCDEFGHIJ"
 # (a chain of thought going through the options), hence "is" is required after option / choice.
 _ANSWER_LETTER_RE = re.compile(
     r"(?i:\banswer\b\s*(?:is|:|=)?|\b(?:option|choice)\s+is)\s*(?i:option|choice)?\s*[:*\s]*\(?([A-Z])\)?"
-    r"(?![A-Za-z0-9])")
+    r"(?![A-Za-z0-9])"
+)
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 
 
@@ -248,8 +249,7 @@ def _letter_by_text(fragment: str, valid: Sequence[str], options: Sequence[str])
     # Case matters only as a tie-break: genetics options like "Ww or WW" / "ww or WW" differ by it.
     for fold_case in (True, False):
         target = _norm_option(fragment, fold_case)
-        hits = [valid[i] for i, opt in enumerate(options)
-                if i < len(valid) and _norm_option(opt, fold_case) == target]
+        hits = [valid[i] for i, opt in enumerate(options) if i < len(valid) and _norm_option(opt, fold_case) == target]
         if len(hits) == 1:
             return hits[0]
     return None
@@ -260,8 +260,11 @@ def _letter_by_number(fragment: str, valid: Sequence[str], options: Sequence[str
     value = parse_number(fragment)
     if value is None:
         return None
-    hits = [valid[i] for i, opt in enumerate(options)
-            if i < len(valid) and (n := parse_number(opt)) is not None and numbers_close(n, value)]
+    hits = [
+        valid[i]
+        for i, opt in enumerate(options)
+        if i < len(valid) and (n := parse_number(opt)) is not None and numbers_close(n, value)
+    ]
     return hits[0] if len(hits) == 1 else None
 
 
@@ -291,8 +294,9 @@ def _letter_in_last_line(text: str, valid: Sequence[str], options: Sequence[str]
     return hits[0] if len(hits) == 1 else None
 
 
-def extract_choice(text: str | None, letters: Sequence[str] = "ABCDE",
-                   options: Sequence[str] | None = None) -> str | None:
+def extract_choice(
+    text: str | None, letters: Sequence[str] = "ABCDE", options: Sequence[str] | None = None
+) -> str | None:
     """The chosen option letter, considering only ``letters`` valid for the question.
 
     Order of evidence: the last box (a letter, an option's exact text, or the number of one option),

@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from diffmas.tasks.answers import LETTERS
-from diffmas.tasks.base import (Example, MultipleChoiceTask, RowError, format_options, register_task,
-                                require, require_text)
+from diffmas.tasks.base import (
+    Example,
+    MultipleChoiceTask,
+    RowError,
+    format_options,
+    register_task,
+    require,
+    require_text,
+)
 
 
 def _choices(row: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
@@ -40,8 +47,11 @@ class ARC(MultipleChoiceTask):
         self.name = name
         self.hub_config = config  # "ARC-Easy" / "ARC-Challenge", also the local file prefix
         self.data_subdir = name
-        self.local_files = {"train": (f"{config}-Train.jsonl",), "validation": (f"{config}-Dev.jsonl",),
-                            "test": (f"{config}-Test.jsonl",)}
+        self.local_files = {
+            "train": (f"{config}-Train.jsonl",),
+            "validation": (f"{config}-Dev.jsonl",),
+            "test": (f"{config}-Test.jsonl",),
+        }
 
     def parse_row(self, row: dict[str, Any], index: int, split: str, seed: int) -> Example:
         stem, pairs = _choices(row)

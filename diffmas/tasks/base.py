@@ -76,7 +76,7 @@ class Task:
     name: str = ""
     family: str = "math"  # "math" | "multiple_choice" | "code"
     answer_format: str = ""
-    answer_cue: str | None = None  # appended to an answer nothing can be read from (diffmas.engine.AnswerCue)
+    answer_cue: str | None = None  # appended to an answer nothing can be read from (diffmas.decoding.AnswerCue)
     splits: tuple[str, ...] = ()
     default_split: str = "test"
     split_aliases: dict[str, str] = {}
@@ -101,8 +101,14 @@ class Task:
             raise UnknownNameError("split", split, valid, hint=f"(task {self.name})")
         return key
 
-    def load(self, split: str | None = None, data_path: str | None = None, limit: int | None = None,
-             seed: int = 0, offset: int | None = None) -> LoadResult:
+    def load(
+        self,
+        split: str | None = None,
+        data_path: str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        offset: int | None = None,
+    ) -> LoadResult:
         """Load examples; ``seed`` only matters for generated tasks or option shuffling, never order.
 
         ``offset`` is applied before ``limit``: offset=-100 keeps the last 100 examples.
@@ -117,8 +123,7 @@ class Task:
         examples, skipped, reasons = self._parse_rows(rows, label, seed)
         if not examples:
             detail = f"; first problems: {'; '.join(reasons)}" if reasons else ""
-            raise DataError(f"{self.name}: no valid examples in {source} ({skipped} malformed rows "
-                            f"skipped){detail}")
+            raise DataError(f"{self.name}: no valid examples in {source} ({skipped} malformed rows skipped){detail}")
         return LoadResult(window(examples, offset, limit), skipped, reasons, source)
 
     def raw_rows(self, split: str, data_path: str | None) -> tuple[list[io.RawRow], str]:
@@ -129,8 +134,10 @@ class Task:
         if root is not None:
             names = self.local_files.get(split)
             if not names:
-                raise DataError(f"{self.name}: no local file layout is known for split {split!r} "
-                                f"(known: {', '.join(self.local_files) or 'none'}); pass --data-path FILE")
+                raise DataError(
+                    f"{self.name}: no local file layout is known for split {split!r} "
+                    f"(known: {', '.join(self.local_files) or 'none'}); pass --data-path FILE"
+                )
             path = io.find_in_data_dir(root, self.data_subdir, names, f"{self.name} split {split!r}")
             return io.read_rows(path), str(path)
         if self.hub_id is None:

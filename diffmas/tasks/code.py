@@ -132,8 +132,7 @@ class HumanEval(CodeTask):
         question = f"Complete the following Python function:\n\n{fenced(prompt)}"
         task_id = row.get("task_id", index)
         meta = {"task_id": str(task_id), "prompt": prompt, "entry_point": entry, "test": test}
-        return Example(id=f"{self.name}/{_short_id(task_id)}", question=question, gold=prompt + body,
-                       meta=meta)
+        return Example(id=f"{self.name}/{_short_id(task_id)}", question=question, gold=prompt + body, meta=meta)
 
     def build_program(self, solution: str, example: Example) -> str:
         prompt, entry = example.meta["prompt"], example.meta["entry_point"]
@@ -147,15 +146,24 @@ class HumanEval(CodeTask):
 
 
 register_task(HumanEval("humaneval", "openai/openai_humaneval", ("HumanEval.jsonl.gz", "HumanEval.jsonl"), 5.0))
-register_task(HumanEval("humanevalplus", "evalplus/humanevalplus",
-                        ("HumanEvalPlus-OriginFmt.jsonl.gz", "HumanEvalPlus.jsonl.gz", "HumanEvalPlus-OriginFmt.jsonl"),
-                        20.0))
+register_task(
+    HumanEval(
+        "humanevalplus",
+        "evalplus/humanevalplus",
+        ("HumanEvalPlus-OriginFmt.jsonl.gz", "HumanEvalPlus.jsonl.gz", "HumanEvalPlus-OriginFmt.jsonl"),
+        20.0,
+    )
+)
 
 
 # ---------------------------------------------------------------------- MBPP
 # The original MBPP task-id ranges of each split; the sanitized file holds all four together.
-MBPP_SPLIT_IDS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601),
-                  "train": range(601, 975)}
+MBPP_SPLIT_IDS = {
+    "prompt": range(1, 11),
+    "test": range(11, 511),
+    "validation": range(511, 601),
+    "train": range(601, 975),
+}
 
 
 def mbpp_split_of(task_id: Any) -> str | None:
@@ -172,8 +180,16 @@ class MBPP(CodeTask):
     default_split = "test"
     by_task_id = True  # select the split's rows by task id in files that hold several splits
 
-    def __init__(self, name: str, hub_id: str, hub_config: str | None, files: tuple[str, ...],
-                 timeout: float, test_field: str | None, splits: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        name: str,
+        hub_id: str,
+        hub_config: str | None,
+        files: tuple[str, ...],
+        timeout: float,
+        test_field: str | None,
+        splits: tuple[str, ...] | None = None,
+    ):
         self.name = name
         self.hub_id, self.hub_config = hub_id, hub_config
         self.data_subdir = name
@@ -206,8 +222,9 @@ class MBPP(CodeTask):
         called = " ".join(tests) or test_program
         entry = next((n for n in defined if re.search(rf"\b{re.escape(n)}\s*\(", called)), defined[-1])
         shown = "\n".join(tests[:3])
-        question = description + (f"\n\nYour code should pass these tests:\n{shown}" if shown else
-                                  f"\n\nName the function `{entry}`.")
+        question = description + (
+            f"\n\nYour code should pass these tests:\n{shown}" if shown else f"\n\nName the function `{entry}`."
+        )
         task_id = row.get("task_id", index)
         meta = {"task_id": str(task_id), "entry_point": entry, "test_imports": imports, "test": test_program}
         return Example(id=f"{self.name}/{_short_id(task_id)}", question=question, gold=code, meta=meta)
@@ -217,8 +234,24 @@ class MBPP(CodeTask):
         return f"{imports}\n\n{solution}\n\n\n{example.meta['test']}\n"
 
 
-register_task(MBPP("mbpp", "google-research-datasets/mbpp", "sanitized",
-                   ("sanitized-mbpp.json", "mbpp.jsonl", "sanitized-mbpp.jsonl"), 5.0, None))
-register_task(MBPP("mbppplus", "evalplus/mbppplus", None,
-                   ("MbppPlus-OriginFmt.jsonl.gz", "MbppPlus.jsonl.gz", "MbppPlus-OriginFmt.jsonl"), 20.0, "test",
-                   splits=("test",)))
+register_task(
+    MBPP(
+        "mbpp",
+        "google-research-datasets/mbpp",
+        "sanitized",
+        ("sanitized-mbpp.json", "mbpp.jsonl", "sanitized-mbpp.jsonl"),
+        5.0,
+        None,
+    )
+)
+register_task(
+    MBPP(
+        "mbppplus",
+        "evalplus/mbppplus",
+        None,
+        ("MbppPlus-OriginFmt.jsonl.gz", "MbppPlus.jsonl.gz", "MbppPlus-OriginFmt.jsonl"),
+        20.0,
+        "test",
+        splits=("test",),
+    )
+)

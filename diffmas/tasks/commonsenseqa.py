@@ -26,10 +26,12 @@ class CommonsenseQA(ARC):
         self.name = "commonsenseqa"
         self.hub_config = None
         self.data_subdir = "commonsenseqa"
-        self.local_files = {"validation": ("dev_rand_split.jsonl", "validation.jsonl"),
-                            "dev": ("dev300.jsonl",),
-                            "train": ("train_rand_split.jsonl", "train.jsonl"),
-                            "test": ("test_rand_split_no_answers.jsonl", "test.jsonl")}
+        self.local_files = {
+            "validation": ("dev_rand_split.jsonl", "validation.jsonl"),
+            "dev": ("dev300.jsonl",),
+            "train": ("train_rand_split.jsonl", "train.jsonl"),
+            "test": ("test_rand_split_no_answers.jsonl", "test.jsonl"),
+        }
 
 
 register_task(CommonsenseQA())

@@ -21,8 +21,15 @@ import random
 import re
 from typing import Any
 
-from diffmas.tasks.base import (Example, MultipleChoiceTask, RowError, format_options, register_task,
-                                require, require_text)
+from diffmas.tasks.base import (
+    Example,
+    MultipleChoiceTask,
+    RowError,
+    format_options,
+    register_task,
+    require,
+    require_text,
+)
 
 N_OPTIONS = 4
 _INCORRECT = tuple(f"Incorrect Answer {i}" for i in range(1, N_OPTIONS))
@@ -46,7 +53,7 @@ def _split_lettered(text: str) -> tuple[str, list[str]]:
     matches = list(_OPTION_LINE.finditer(text))
     # The option block is the last run A, B, C, D (a stem may itself contain a line like "A. ...").
     for start in range(len(matches) - N_OPTIONS, -1, -1):
-        run = matches[start:start + N_OPTIONS]
+        run = matches[start : start + N_OPTIONS]
         if [m.group(1) for m in run] == list("ABCD"):
             break
     else:
@@ -56,7 +63,7 @@ def _split_lettered(text: str) -> tuple[str, list[str]]:
     for i, m in enumerate(run):
         end = run[i + 1].start() if i + 1 < len(run) else len(text)
         # An option may continue on the following lines (multi-line formulas).
-        options.append((m.group(2) + text[m.end():end]).strip())
+        options.append((m.group(2) + text[m.end() : end]).strip())
     if not stem:
         raise RowError("question has options but no stem")
     if not all(options):

@@ -34,5 +34,4 @@ class GSM8K(MathTask):
         question = require_text(row, "question").strip()
         solution, gold = split_solution(require_text(row, "answer"))
         # meta["solution"] is the worked solution without "####": a ready training target.
-        return Example(id=f"{self.name}/{split}/{index}", question=question, gold=gold,
-                       meta={"solution": solution})
+        return Example(id=f"{self.name}/{split}/{index}", question=question, gold=gold, meta={"solution": solution})

@@ -155,8 +155,10 @@ def hub_rows(hub_id: str, config: str | None, split: str) -> list[RawRow]:
         ds = datasets.load_dataset(*args, split=split)
         records = [dict(r) for r in ds]
     except Exception as err:  # noqa: BLE001 - offline, gated, renamed... all mean "use a local file"
-        raise DataError(f"could not load {what} from the Hugging Face hub ({type(err).__name__}: "
-                        f"{err}). If you are offline, {OFFLINE_HINT}.") from None
+        raise DataError(
+            f"could not load {what} from the Hugging Face hub ({type(err).__name__}: "
+            f"{err}). If you are offline, {OFFLINE_HINT}."
+        ) from None
     return [RawRow(i, f"row {i + 1}", r) for i, r in enumerate(records)]
 
 
@@ -182,5 +184,7 @@ def find_in_data_dir(root: Path, subdir: str, names: tuple[str, ...], what: str)
         there = f"{folder} does not exist; {root} contains: {', '.join(listing) if listing else 'nothing'}"
     else:
         there = f"{root} does not exist"
-    raise DataError(f"{what}: expected {expected} ({DATA_DIR_ENV}={root}), but it is missing; {there}. "
-                    f"Pass --data-path FILE to use another file.")
+    raise DataError(
+        f"{what}: expected {expected} ({DATA_DIR_ENV}={root}), but it is missing; {there}. "
+        f"Pass --data-path FILE to use another file."
+    )

@@ -21,8 +21,15 @@ from typing import Any
 from diffmas.errors import DataError
 from diffmas.tasks import io
 from diffmas.tasks.answers import LETTERS
-from diffmas.tasks.base import (Example, MultipleChoiceTask, RowError, format_options, register_task,
-                                require, require_text)
+from diffmas.tasks.base import (
+    Example,
+    MultipleChoiceTask,
+    RowError,
+    format_options,
+    register_task,
+    require,
+    require_text,
+)
 
 _LETTER_PREFIX = re.compile(r"^\s*\(?([A-J])\s*[.):]\s*")
 
@@ -46,7 +53,7 @@ def _options(raw: Any) -> tuple[list[str], list[str]]:
             if m:  # "A. text": the written letter must be the position's letter
                 if m.group(1) != LETTERS[i]:
                     raise RowError(f"option {i + 1} is labelled {m.group(1)!r}, expected {LETTERS[i]!r}")
-                text = text[m.end():]
+                text = text[m.end() :]
             texts.append(text.strip())
         letters = list(LETTERS[: len(texts)])
     else:
@@ -59,7 +66,7 @@ def _options(raw: Any) -> tuple[list[str], list[str]]:
 def _strip_option_block(stem: str, texts: list[str]) -> str:
     """The stem without a trailing copy of the options (``A. text`` lines), when it has one."""
     first = re.search(rf"^\s*\(?A\s*[.):]\s*{re.escape(texts[0])}", stem, re.MULTILINE)
-    if first and all(_norm(t) in _norm(stem[first.start():]) for t in texts):
+    if first and all(_norm(t) in _norm(stem[first.start() :]) for t in texts):
         return stem[: first.start()].strip() or stem
     return stem
 
@@ -83,8 +90,9 @@ class MedQA(MultipleChoiceTask):
     def raw_rows(self, split: str, data_path: str | None) -> tuple[list[io.RawRow], str]:
         # "dev" is carved out of the test set locally; the hub has no such split.
         if split == "dev" and data_path is None and io.data_dir() is None:
-            raise DataError(f"{self.name}: the dev split (US test minus the held-out questions) is "
-                            f"local only; {io.OFFLINE_HINT}")
+            raise DataError(
+                f"{self.name}: the dev split (US test minus the held-out questions) is local only; {io.OFFLINE_HINT}"
+            )
         return super().raw_rows(split, data_path)
 
     def parse_row(self, row: dict[str, Any], index: int, split: str, seed: int) -> Example:
@@ -108,7 +116,7 @@ class MedQA(MultipleChoiceTask):
         answer = row.get("answer")
         if isinstance(answer, str) and answer.strip():
             m = _LETTER_PREFIX.match(answer)
-            body = answer[m.end():] if m else answer  # "B. text" as well as "text"
+            body = answer[m.end() :] if m else answer  # "B. text" as well as "text"
             hits = [letters[i] for i, t in enumerate(texts) if _norm(t) == _norm(body)]
             if len(hits) > 1:
                 raise RowError("the answer text matches several options")

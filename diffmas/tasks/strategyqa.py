@@ -20,8 +20,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from diffmas.tasks.base import (Example, MultipleChoiceTask, RowError, format_options, register_task,
-                                require, require_text)
+from diffmas.tasks.base import (
+    Example,
+    MultipleChoiceTask,
+    RowError,
+    format_options,
+    register_task,
+    require,
+    require_text,
+)
 
 OPTIONS = ["Yes", "No"]
 _WORD_ANSWER = re.compile(r"\banswer\b\s*(?:is|:|=)?\s*[:*\s]*\b(yes|no)\b", re.IGNORECASE)

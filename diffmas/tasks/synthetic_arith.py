@@ -14,41 +14,98 @@ import random
 from typing import Any
 
 from diffmas.tasks.answers import format_number, parse_number
-from diffmas.tasks.base import (Example, LoadResult, MathTask, RowError, register_task, require,
-                                require_text, window)
+from diffmas.tasks.base import Example, LoadResult, MathTask, RowError, register_task, require, require_text, window
 
 SPLIT_SIZES = {"train": 1000, "test": 200}
 _TEST_BUCKET = 6  # a question belongs to test iff hash % 6 == 0, to train otherwise
 
-_PEOPLE = [("Maya", "she"), ("Leo", "he"), ("Priya", "she"), ("Omar", "he"), ("Sofia", "she"),
-           ("Kenji", "he"), ("Amara", "she"), ("Diego", "he"), ("Hana", "she"), ("Tom", "he"),
-           ("Lena", "she"), ("Ravi", "he"), ("Zoe", "she"), ("Mateo", "he")]
+_PEOPLE = [
+    ("Maya", "she"),
+    ("Leo", "he"),
+    ("Priya", "she"),
+    ("Omar", "he"),
+    ("Sofia", "she"),
+    ("Kenji", "he"),
+    ("Amara", "she"),
+    ("Diego", "he"),
+    ("Hana", "she"),
+    ("Tom", "he"),
+    ("Lena", "she"),
+    ("Ravi", "he"),
+    ("Zoe", "she"),
+    ("Mateo", "he"),
+]
 _PRONOUNS = {"she": ("she", "her", "her"), "he": ("he", "him", "his")}  # subject, object, possessive
-_ITEMS = ["marbles", "stickers", "seashells", "trading cards", "pencils", "stamps", "apples",
-          "cookies", "coins", "beads", "books", "toy cars", "postcards", "crayons"]
+_ITEMS = [
+    "marbles",
+    "stickers",
+    "seashells",
+    "trading cards",
+    "pencils",
+    "stamps",
+    "apples",
+    "cookies",
+    "coins",
+    "beads",
+    "books",
+    "toy cars",
+    "postcards",
+    "crayons",
+]
 
-_OPENINGS = ["{Name} has {n} {items}.", "{Name} starts the day with {n} {items}.",
-             "{Name}'s collection has {n} {items}.", "There are {n} {items} in {Name}'s box."]
-_QUESTIONS = ["How many {items} does {Name} have now?", "How many {items} does {Name} end up with?",
-              "How many {items} does {p} have at the end?"]
+_OPENINGS = [
+    "{Name} has {n} {items}.",
+    "{Name} starts the day with {n} {items}.",
+    "{Name}'s collection has {n} {items}.",
+    "There are {n} {items} in {Name}'s box.",
+]
+_QUESTIONS = [
+    "How many {items} does {Name} have now?",
+    "How many {items} does {Name} end up with?",
+    "How many {items} does {p} have at the end?",
+]
 # Each operation: (sentences for the question, solution step). {a} is the value before, {r} after.
 _PHRASES = {
-    "add": (["{P} buys {k} more.", "A friend gives {obj} {k} more {items}.", "{P} finds {k} more {items}.",
-             "{P} gets {k} {items} as a gift."],
-            "{P} gets {k} more: {a} + {k} = {r}."),
-    "sub": (["{P} sells {k} of {poss} {items}.", "{P} gives {k} {items} to a classmate.", "{P} loses {k} {items}.",
-             "{P} uses {k} {items} for a school project."],
-            "{P} has {k} fewer: {a} - {k} = {r}."),
-    "packs": (["{P} buys {m} packs with {k} {items} in each pack.",
-               "{P} receives {m} boxes, each holding {k} {items}."],
-              "{P} gets {m} * {k} = {mk} more: {a} + {mk} = {r}."),
-    "mul": (["{P} then buys enough to have {k} times as many {items} as before.",
-             "After a trade, {p} has {k} times as many {items} as before."],
-            "{P} now has {k} times as many: {a} * {k} = {r}."),
-    "div": (["{P} splits all {poss} {items} equally into {k} piles and keeps only one pile.",
-             "{P} shares all {poss} {items} equally among {k} people, including {obj}self, and keeps {poss} share."],
-            "{P} keeps one of {k} equal shares: {a} / {k} = {r}."),
-    "half": (["{P} gives away half of {poss} {items}.", "{P} donates half of {poss} {items} to a school."], "{P} keeps half: {a} / 2 = {r}."),
+    "add": (
+        [
+            "{P} buys {k} more.",
+            "A friend gives {obj} {k} more {items}.",
+            "{P} finds {k} more {items}.",
+            "{P} gets {k} {items} as a gift.",
+        ],
+        "{P} gets {k} more: {a} + {k} = {r}.",
+    ),
+    "sub": (
+        [
+            "{P} sells {k} of {poss} {items}.",
+            "{P} gives {k} {items} to a classmate.",
+            "{P} loses {k} {items}.",
+            "{P} uses {k} {items} for a school project.",
+        ],
+        "{P} has {k} fewer: {a} - {k} = {r}.",
+    ),
+    "packs": (
+        ["{P} buys {m} packs with {k} {items} in each pack.", "{P} receives {m} boxes, each holding {k} {items}."],
+        "{P} gets {m} * {k} = {mk} more: {a} + {mk} = {r}.",
+    ),
+    "mul": (
+        [
+            "{P} then buys enough to have {k} times as many {items} as before.",
+            "After a trade, {p} has {k} times as many {items} as before.",
+        ],
+        "{P} now has {k} times as many: {a} * {k} = {r}.",
+    ),
+    "div": (
+        [
+            "{P} splits all {poss} {items} equally into {k} piles and keeps only one pile.",
+            "{P} shares all {poss} {items} equally among {k} people, including {obj}self, and keeps {poss} share.",
+        ],
+        "{P} keeps one of {k} equal shares: {a} / {k} = {r}.",
+    ),
+    "half": (
+        ["{P} gives away half of {poss} {items}.", "{P} donates half of {poss} {items} to a school."],
+        "{P} keeps half: {a} / 2 = {r}.",
+    ),
 }
 
 
@@ -101,8 +158,7 @@ def _compose(rng: random.Random) -> tuple[str, str, int, int, list[list]]:
     """One problem: (question, solution, answer, start, ops) drawn from ``rng``."""
     name, gender = rng.choice(_PEOPLE)
     subj, obj, poss = _PRONOUNS[gender]
-    words = {"Name": name, "p": subj, "P": subj.capitalize(), "obj": obj, "poss": poss,
-             "items": rng.choice(_ITEMS)}
+    words = {"Name": name, "p": subj, "P": subj.capitalize(), "obj": obj, "poss": poss, "items": rng.choice(_ITEMS)}
     start = rng.randint(5, 120)
     sentences = [rng.choice(_OPENINGS).format(n=start, **words)]
     steps = [f"{name} starts with {start} {words['items']}."]
@@ -143,11 +199,16 @@ class SyntheticArith(MathTask):
             if _bucket_ok(question, split):
                 break
         meta = {"solution": solution, "start": start, "ops": ops, "seed": seed}
-        return Example(id=f"{self.name}/{split}/{seed}/{index}", question=question, gold=str(answer),
-                       meta=meta)
+        return Example(id=f"{self.name}/{split}/{seed}/{index}", question=question, gold=str(answer), meta=meta)
 
-    def load(self, split: str | None = None, data_path: str | None = None, limit: int | None = None,
-             seed: int = 0, offset: int | None = None) -> LoadResult:
+    def load(
+        self,
+        split: str | None = None,
+        data_path: str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        offset: int | None = None,
+    ) -> LoadResult:
         if data_path is not None:  # a saved set of problems: read like any other file
             return super().load(split, data_path, limit, seed, offset)
         resolved = self.resolve_split(split)

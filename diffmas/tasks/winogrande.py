@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffmas.tasks.base import (Example, MultipleChoiceTask, RowError, format_options, register_task,
-                                require_text)
+from diffmas.tasks.base import Example, MultipleChoiceTask, RowError, format_options, register_task, require_text
 
 _INSTRUCTION = "Which option correctly fills the blank (_) in the sentence?"
 
@@ -26,8 +25,11 @@ class WinoGrande(MultipleChoiceTask):
     hub_id = "allenai/winogrande"
     hub_config = "winogrande_xl"  # the largest training set; validation and test are shared by all sizes
     data_subdir = "winogrande"
-    local_files = {"validation": ("dev.jsonl", "validation.jsonl"), "train": ("train_xl.jsonl", "train.jsonl"),
-                   "test": ("test.jsonl",)}
+    local_files = {
+        "validation": ("dev.jsonl", "validation.jsonl"),
+        "train": ("train_xl.jsonl", "train.jsonl"),
+        "test": ("test.jsonl",),
+    }
     known_sizes = {"train": 40398, "validation": 1267, "test": 1767}
 
     def parse_row(self, row: dict[str, Any], index: int, split: str, seed: int) -> Example:
@@ -41,5 +43,6 @@ class WinoGrande(MultipleChoiceTask):
         question, letters = format_options(f"{_INSTRUCTION}\n{sentence}", options)
         row_id = str(row.get("qID") or "").strip()
         ex_id = f"{self.name}/{row_id}" if row_id else f"{self.name}/{split}/{index}"
-        return Example(id=ex_id, question=question, gold=letters[int(answer) - 1],
-                       meta={"choices": options, "labels": letters})
+        return Example(
+            id=ex_id, question=question, gold=letters[int(answer) - 1], meta={"choices": options, "labels": letters}
+        )

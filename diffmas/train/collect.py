@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
 from diffmas.agents import load_system
-from diffmas.config import option
+from diffmas.config import option, redefault
 from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DataError, DiffMASError
-from diffmas.evaluate import check_samples, read_records, rewrite_clean, write_records
 from diffmas.methods import MethodConfig, TextMAS
+from diffmas.options import OutputOptions, SamplingOptions, SystemOptions, TrainingDataOptions, check_samples
+from diffmas.records import read_records, rewrite_clean, write_records
 from diffmas.tasks import get_task
 from diffmas.train.data import load_examples
 
@@ -30,24 +32,16 @@ TRAJECTORIES = "trajectories.jsonl"
 
 
 @dataclass
-class CollectConfig(ModelConfig):
-    task: str = option("gsm8k", "task whose training problems the teacher answers")
-    split: str = option("train", "data split")
-    data_path: str | None = option(None, "read the task's data from this local file")
-    exclude_last: int = option(0, "leave out the last N examples of the split (held out for evaluation)")
-    offset: int | None = option(None, "then skip the first N examples")
-    limit: int | None = option(None, "then use at most N examples")
-    system: str | None = option(None, "built-in system name or YAML file: the teacher's agents")
-    topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
+class CollectConfig(ModelConfig, SystemOptions, TrainingDataOptions, SamplingOptions, OutputOptions):
+    default_out: ClassVar[str] = "runs/collect-{task}"
+
     samples: int = option(1, "attempts per problem (each with its own sampling seed)")
-    temperature: float = option(0.7, "sampling temperature of the teacher")
-    top_p: float = option(0.95, "nucleus sampling mass")
+    temperature: float = redefault(SamplingOptions, "temperature", 0.7)
+    top_p: float = redefault(SamplingOptions, "top_p", 0.95)
     max_new_tokens: int = option(512, "token budget of the final agent")
     agent_max_new_tokens: int = option(256, "token budget of each upstream agent")
     batch_size: int = option(8, "problems per batch")
-    seed: int = option(0, "sampling seed (attempt s of a batch uses seed + s)")
-    out: str | None = option(None, "output directory (default: runs/collect-<task>)")
-    resume: bool = option(False, "continue an interrupted collection in the output directory")
+    seed: int = redefault(SamplingOptions, "seed", 0, "sampling seed (attempt s of a batch uses seed + s)")
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 1024:
@@ -55,9 +49,6 @@ class CollectConfig(ModelConfig):
         if self.temperature < 0:
             raise DiffMASError(f"temperature must be >= 0, got {self.temperature}")
         check_samples(self.samples, self.temperature, "attempt")
-
-    def out_dir(self) -> Path:
-        return Path(self.out or f"runs/collect-{self.task}")
 
 
 def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> dict:
@@ -75,8 +66,12 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
     done = {(r["id"], r["sample"]) for r in rewrite_clean(attempts_path)} if cfg.resume else set()
     lm = lm or cfg.load_lm()
     system = load_system(cfg.system, cfg.topology)
-    base = MethodConfig(max_new_tokens=cfg.max_new_tokens, agent_max_new_tokens=cfg.agent_max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p)
+    base = MethodConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        agent_max_new_tokens=cfg.agent_max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+    )
     teacher = TextMAS(lm, base, family=task.family, answer_format=task.answer_format, system=system)
     todo = [(s, ex) for s in range(cfg.samples) for ex in examples if (ex.id, s) not in done]
     kept_now = 0
@@ -91,9 +86,16 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
             for (sample, ex), trace in zip(chunk, traces):
                 prediction, correct = task.score(trace.final_text, ex)
                 kept_now += bool(correct)
-                record = {"id": ex.id, "sample": sample, "question": ex.question, "gold": ex.gold,
-                          "prediction": prediction, "correct": correct, "system": system.name,
-                          "agents": [{"agent": a.agent, "role": a.role, "text": a.text} for a in trace.agents]}
+                record = {
+                    "id": ex.id,
+                    "sample": sample,
+                    "question": ex.question,
+                    "gold": ex.gold,
+                    "prediction": prediction,
+                    "correct": correct,
+                    "system": system.name,
+                    "agents": [{"agent": a.agent, "role": a.role, "text": a.text} for a in trace.agents],
+                }
                 fh.write(json.dumps(record) + "\n")
             fh.flush()
             bar.update(len(chunk))
@@ -102,10 +104,18 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
     attempts = read_records(attempts_path)
     kept = [r for r in attempts if r["correct"]]
     write_records(out / TRAJECTORIES, kept)
-    summary = {"task": cfg.task, "source": source, "system": system.name, "model": cfg.model,
-               "problems": len(examples), "attempts": len(attempts), "kept": len(kept),
-               "problems_solved": len({r["id"] for r in kept}),
-               "acceptance": len(kept) / len(attempts) if attempts else 0.0, "config": asdict(cfg)}
+    summary = {
+        "task": cfg.task,
+        "source": source,
+        "system": system.name,
+        "model": cfg.model,
+        "problems": len(examples),
+        "attempts": len(attempts),
+        "kept": len(kept),
+        "problems_solved": len({r["id"] for r in kept}),
+        "acceptance": len(kept) / len(attempts) if attempts else 0.0,
+        "config": asdict(cfg),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -8,68 +8,103 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
+from diffmas.adapters import LoraSettings
 from diffmas.config import option
 from diffmas.engine import ModelConfig
 from diffmas.errors import DiffMASError
-from diffmas.train.adapters import LoraSettings
+from diffmas.options import OutputOptions, SystemOptions, TrainingDataOptions
 from diffmas.train.data import TARGETS
 from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
 
 TRAIN_METHODS = ("diffmas", "single_sft")
 SCHEDULES = ("cosine", "linear", "constant")
-# What runs saved by earlier versions, whose config.json lacks these keys, did.
-BEFORE_WRITTEN = {"repeat_question": True}
 # Settings that change what is trained or on which data: a resumed run must keep them.
-FIXED_ON_RESUME = ("method", "model", "task", "split", "data_path", "offset", "limit", "exclude_last", "system",
-                   "trajectories", "target", "role_steps",
-                   "topology", "realign", "repeat_question", "comm_adapter", "lora_rank", "lora_alpha", "lora_dropout",
-                   "lora_targets", "shared_adapter", "seed", "batch_size", "grad_accum")
+FIXED_ON_RESUME = (
+    "method",
+    "model",
+    "task",
+    "split",
+    "data_path",
+    "offset",
+    "limit",
+    "exclude_last",
+    "system",
+    "trajectories",
+    "target",
+    "role_steps",
+    "topology",
+    "realign",
+    "repeat_question",
+    "comm_adapter",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "shared_adapter",
+    "seed",
+    "batch_size",
+    "grad_accum",
+)
 
 
 @dataclass
-class TrainConfig(ModelConfig):
+class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions):
+    default_out: ClassVar[str] = "runs/train-{task}-{method}"
+
     # -- what is trained --------------------------------------------------------------------
-    method: str = option("diffmas", "diffmas (latent MAS, one LoRA per agent) | single_sft (one agent, one "
-                         "LoRA: the control)", choices=TRAIN_METHODS)
-    system: str | None = option(None, "built-in system name or YAML file defining the agents (diffmas)")
-    topology: str | None = option(None, "sequential | hierarchical (picks the built-in system)")
+    method: str = option(
+        "diffmas",
+        "diffmas (latent MAS, one LoRA per agent) | single_sft (one agent, one LoRA: the control)",
+        choices=TRAIN_METHODS,
+    )
     latent_steps: int = option(10, "latent steps per upstream agent (without a curriculum; the ramp's end)")
     realign: bool = option(True, "start latent inputs from the ridge realignment (else the identity)")
-    repeat_question: bool = option(False, "state the question in every agent's prompt (default: only where the "
-                                   "agent cannot read it in the shared cache; evaluate with the same setting)")
+    repeat_question: bool = option(
+        False,
+        "state the question in every agent's prompt (default: only where the "
+        "agent cannot read it in the shared cache; evaluate with the same setting)",
+    )
     comm_adapter: bool = option(True, "train the hidden-state -> latent-input map too (diffmas)")
     # -- data ---------------------------------------------------------------------------------
-    task: str = option("gsm8k", "task to train on (see `diffmas tasks`)")
-    split: str = option("train", "data split")
-    data_path: str | None = option(None, "read the task's data from this local file")
-    exclude_last: int = option(0, "hold out the last N examples of the split (kept for evaluation)")
-    offset: int | None = option(None, "then skip the first N examples")
-    limit: int | None = option(None, "then train on at most N examples")
-    trajectories: str | None = option(None, "train on the kept trajectories of `diffmas collect` (its output "
-                                      "directory or trajectories.jsonl) instead of every example")
-    target: str = option("reference", "what the final agent learns: reference (the task's solution) | "
-                         "trajectory (the teacher's final text)", choices=TARGETS)
-    role_steps: int = option(0, "two-stage schedule: first N optimizer steps teach every agent its own role's "
-                             "text from the trajectories, then the joint latent protocol (diffmas)")
+    trajectories: str | None = option(
+        None,
+        "train on the kept trajectories of `diffmas collect` (its output "
+        "directory or trajectories.jsonl) instead of every example",
+    )
+    target: str = option(
+        "reference",
+        "what the final agent learns: reference (the task's solution) | trajectory (the teacher's final text)",
+        choices=TARGETS,
+    )
+    role_steps: int = option(
+        0,
+        "two-stage schedule: first N optimizer steps teach every agent its own role's "
+        "text from the trajectories, then the joint latent protocol (diffmas)",
+    )
     # -- LoRA ---------------------------------------------------------------------------------
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
     lora_targets: list[str] | None = option(None, "module names to adapt (default: the attention projections)")
     shared_adapter: bool = option(False, "one LoRA shared by all agents instead of one per agent")
-    lora_float32: bool = option(True, "run the LoRA products in float32, inputs cast to it (PEFT's default; "
-                                "faster on CPU), not in the model's dtype; the LoRA weights are float32 either way")
+    lora_float32: bool = option(
+        True,
+        "run the LoRA products in float32, inputs cast to it (PEFT's default), "
+        "not in the model's dtype; the LoRA weights are float32 either way",
+    )
     # -- objective ----------------------------------------------------------------------------
-    grad_through: str = option("full", "how far gradients reach upstream: none | full | last_k",
-                               choices=GRAD_THROUGH)
+    grad_through: str = option("full", "how far gradients reach upstream: none | full | last_k", choices=GRAD_THROUGH)
     last_k: int = option(1, "with grad_through last_k: latent steps per upstream agent that get gradients")
     comm_dropout: float = option(0.0, "probability of hiding an upstream agent from the final agent, per example")
     curriculum: list[str] | None = option(
-        None, "latent steps by step: YAML [[0, 2], [100, 5]] or --curriculum 0:2 100:5 (from step s use n)")
-    ramp_steps: int = option(0, "instead of a curriculum: ramp latent steps linearly from --ramp-start to "
-                             "--latent-steps over this many steps")
+        None, "latent steps by step: YAML [[0, 2], [100, 5]] or --curriculum 0:2 100:5 (from step s use n)"
+    )
+    ramp_steps: int = option(
+        0,
+        "instead of a curriculum: ramp latent steps linearly from --ramp-start to --latent-steps over this many steps",
+    )
     ramp_start: int = option(1, "first value of the linear latent-step ramp")
     # -- optimisation -------------------------------------------------------------------------
     lr: float = option(2e-4, "peak learning rate of the LoRA adapters")
@@ -83,18 +118,22 @@ class TrainConfig(ModelConfig):
     grad_accum: int = option(1, "micro-batches per optimizer step")
     max_steps: int | None = option(None, "optimizer steps (default: from --epochs)")
     epochs: float = option(1.0, "passes over the data when --max-steps is not given")
-    until_step: int | None = option(None, "stop after this step and checkpoint it; the schedule still spans "
-                                    "--max-steps, and --resume continues (a run split over sessions)")
+    until_step: int | None = option(
+        None,
+        "stop after this step and checkpoint it; the schedule still spans "
+        "--max-steps, and --resume continues (a run split over sessions)",
+    )
     max_bad_steps: int = option(5, "stop after this many steps in a row skipped for a NaN or infinite loss")
-    gradient_checkpointing: bool = option(False, "recompute the decoder MLP blocks' activations in the backward "
-                                          "pass: less memory, more time (see diffmas.train.memory)")
+    gradient_checkpointing: bool = option(
+        False,
+        "recompute the decoder MLP blocks' activations in the backward "
+        "pass: less memory, more time (see diffmas.train.memory)",
+    )
     seed: int = option(0, "seed of the adapters' initialisation, data order and dropout")
     # -- output -------------------------------------------------------------------------------
-    out: str | None = option(None, "output directory (default: runs/train-<task>-<method>)")
     save_every: int = option(100, "write a checkpoint every N steps (and always at the end)")
     keep_checkpoints: int = option(2, "keep the N most recent step checkpoints (0: keep all)")
     log_every: int = option(1, "write a log line every N steps")
-    resume: bool = option(False, "continue from the latest complete checkpoint in the output directory")
 
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
@@ -119,8 +158,9 @@ class TrainConfig(ModelConfig):
         if self.max_steps is None and self.epochs <= 0:
             raise DiffMASError(f"epochs must be > 0, got {self.epochs}")
         if self.lr <= 0 or (self.comm_lr is not None and self.comm_lr <= 0):
-            raise DiffMASError("learning rates must be positive (to freeze the communication map, pass "
-                               "--no-comm-adapter)")
+            raise DiffMASError(
+                "learning rates must be positive (to freeze the communication map, pass --no-comm-adapter)"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise DiffMASError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.curriculum is not None and self.ramp_steps:
@@ -134,11 +174,14 @@ class TrainConfig(ModelConfig):
         return ObjectiveConfig(self.grad_through, self.last_k, self.comm_dropout)
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets,
-                            self.shared_adapter, self.lora_float32)
-
-    def out_dir(self) -> Path:
-        return Path(self.out or f"runs/train-{self.task}-{self.method}")
+        return LoraSettings(
+            self.lora_rank,
+            self.lora_alpha,
+            self.lora_dropout,
+            self.lora_targets,
+            self.shared_adapter,
+            self.lora_float32,
+        )
 
     # -- schedules ----------------------------------------------------------------------------
     def latent_steps_at(self, step: int) -> int:
@@ -177,8 +220,9 @@ def parse_curriculum(entries) -> list[list[int]]:
                 start, value = entry
             pair = [int(start), int(value)]
         except (TypeError, ValueError):
-            raise DiffMASError(f"curriculum entry {entry!r} must be [step, latent_steps] or 'step:latent_steps'")\
-                from None
+            raise DiffMASError(
+                f"curriculum entry {entry!r} must be [step, latent_steps] or 'step:latent_steps'"
+            ) from None
         if pair[0] < 0 or not 0 <= pair[1] <= 1024:
             raise DiffMASError(f"curriculum entry {entry!r}: step must be >= 0 and latent steps in [0, 1024]")
         pairs.append(pair)

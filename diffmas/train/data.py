@@ -11,16 +11,24 @@ from diffmas.tasks import Example, Task
 from diffmas.tasks.base import window
 
 
-def load_examples(task: Task, split: str, data_path: str | None, exclude_last: int = 0,
-                  offset: int | None = None, limit: int | None = None, seed: int = 0) -> tuple[list[Example], str]:
+def load_examples(
+    task: Task,
+    split: str,
+    data_path: str | None,
+    exclude_last: int = 0,
+    offset: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Example], str]:
     """The training examples and their source: the split without its last ``exclude_last``
     examples (held out for evaluation), then ``offset``/``limit`` as everywhere else."""
     loaded = task.load(split=split, data_path=data_path, seed=seed)
     examples = loaded.examples
     if exclude_last:
         if exclude_last >= len(examples):
-            raise DataError(f"exclude_last={exclude_last} leaves nothing of the {len(examples)} examples "
-                            f"of {loaded.source}")
+            raise DataError(
+                f"exclude_last={exclude_last} leaves nothing of the {len(examples)} examples of {loaded.source}"
+            )
         examples = examples[:-exclude_last]
     examples = window(examples, offset, limit)
     if not examples:
@@ -64,8 +72,10 @@ class DataStream:
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != self.size or state["seed"] != self.seed:
-            raise DataError(f"the checkpoint was trained on {state['size']} examples with seed {state['seed']}, "
-                            f"this run has {self.size} with seed {self.seed}")
+            raise DataError(
+                f"the checkpoint was trained on {state['size']} examples with seed {state['seed']}, "
+                f"this run has {self.size} with seed {self.seed}"
+            )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
@@ -83,8 +93,13 @@ class TrainItem:
 TARGETS = ("reference", "trajectory")
 
 
-def build_items(task: Task, examples: list[Example], trajectories: list[dict] | None = None,
-                target: str = "reference", agents: list[str] | None = None) -> list[TrainItem]:
+def build_items(
+    task: Task,
+    examples: list[Example],
+    trajectories: list[dict] | None = None,
+    target: str = "reference",
+    agents: list[str] | None = None,
+) -> list[TrainItem]:
     """Training items from the task's examples, or from kept trajectories of those examples.
 
     ``target``: the final agent learns the task's reference solution ("reference") or the
@@ -100,17 +115,22 @@ def build_items(task: Task, examples: list[Example], trajectories: list[dict] | 
     by_id = {ex.id: ex for ex in examples}
     outside = [row["id"] for row in trajectories if row["id"] not in by_id]
     if outside:
-        raise DataError(f"{len(outside)} trajectories (e.g. {outside[0]!r}) are of problems outside this run's "
-                        "training examples (held out, or another split or task); collect with the same --task, "
-                        "--split and --exclude-last as the training run")
+        raise DataError(
+            f"{len(outside)} trajectories (e.g. {outside[0]!r}) are of problems outside this run's "
+            "training examples (held out, or another split or task); collect with the same --task, "
+            "--split and --exclude-last as the training run"
+        )
     items = []
     for row in trajectories:
         names = [a["agent"] for a in row["agents"]]
         if agents is not None and names != agents:
-            raise DataError(f"trajectory {row['id']!r} was written by agents {names}, but the trained system has "
-                            f"{agents}; collect with the same --system/--topology")
+            raise DataError(
+                f"trajectory {row['id']!r} was written by agents {names}, but the trained system has "
+                f"{agents}; collect with the same --system/--topology"
+            )
         texts = [a["text"] for a in row["agents"]]
         ex = by_id[row["id"]]
-        items.append(TrainItem(ex.id, ex.question, texts[-1] if target == "trajectory" else task.training_target(ex),
-                               texts))
+        items.append(
+            TrainItem(ex.id, ex.question, texts[-1] if target == "trajectory" else task.training_target(ex), texts)
+        )
     return items

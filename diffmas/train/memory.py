@@ -25,11 +25,17 @@ _ORIGINAL = "_diffmas_forward"
 def _decoder_mlps(model: nn.Module) -> list[nn.Module]:
     """The feed-forward block of every decoder layer: a child named ``mlp`` (Llama, Qwen, Gemma,
     Mistral, Phi...) or ``feed_forward``."""
-    blocks = [m for name, m in model.named_modules() if name.rpartition(".")[2] in ("mlp", "feed_forward")
-              and any(isinstance(c, nn.Linear) or hasattr(c, "base_layer") for c in m.children())]
+    blocks = [
+        m
+        for name, m in model.named_modules()
+        if name.rpartition(".")[2] in ("mlp", "feed_forward")
+        and any(isinstance(c, nn.Linear) or hasattr(c, "base_layer") for c in m.children())
+    ]
     if not blocks:
-        raise DiffMASError("found no feed-forward blocks (modules named `mlp`) to checkpoint in this model; "
-                           "train without --gradient-checkpointing")
+        raise DiffMASError(
+            "found no feed-forward blocks (modules named `mlp`) to checkpoint in this model; "
+            "train without --gradient-checkpointing"
+        )
     return blocks
 
 
@@ -50,9 +56,11 @@ def enable_mlp_checkpointing(model: nn.Module, adapters: int = 1) -> int:
     """
     blocks = _decoder_mlps(model)
     if adapters > 1 and any(hasattr(c, "lora_A") for b in blocks for c in b.modules()):
-        raise DiffMASError("gradient checkpointing recomputes the MLP blocks after other agents' adapters have "
-                           "become active, so it cannot be combined with per-agent LoRA on MLP layers: "
-                           "use --shared-adapter, attention-only --lora-targets, or no checkpointing")
+        raise DiffMASError(
+            "gradient checkpointing recomputes the MLP blocks after other agents' adapters have "
+            "become active, so it cannot be combined with per-agent LoRA on MLP layers: "
+            "use --shared-adapter, attention-only --lora-targets, or no checkpointing"
+        )
     for block in blocks:
         if not hasattr(block, _ORIGINAL):
             setattr(block, _ORIGINAL, block.forward)

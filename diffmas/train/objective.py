@@ -1,7 +1,9 @@
-"""The end-to-end objective: cross-entropy of a reference answer, teacher-forced on a latent trace.
+"""The end-to-end objective: cross-entropy of a reference answer, teacher-forced on a method's context.
 
-The trace is built by :meth:`LatentMAS.build_trace`, the same forward pass inference uses, with
-gradients on. The final agent then reads the reference solution (e.g. ending in ``\\boxed{42}``)
+The context is built by the method's :meth:`~diffmas.methods.base.Method.build_context`, the same
+forward pass inference uses, with gradients on: for ``diffmas`` the latent trace of
+:class:`~diffmas.methods.latent_mas.LatentMAS`, for its control ``single_sft`` the single agent's
+prompt. The final agent then reads the reference solution (e.g. ending in ``\\boxed{42}``)
 token by token on top of the whole trace, and the loss is the cross-entropy of those tokens only.
 Its gradient reaches the final agent's adapter directly and the upstream agents' adapters (and
 the communication adapter) through the KV entries the final agent attends to.
@@ -14,12 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from diffmas.cache import SharedKVCache
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.methods.latent_mas import LatentMAS
-from diffmas.methods.single import SingleAgent
-from diffmas.methods.text_mas import TextMAS
+from diffmas.kv_trace import SharedKVCache
+from diffmas.methods import Method, TextMAS
 
 GRAD_THROUGH = ("none", "full", "last_k")
 
@@ -43,7 +43,7 @@ class ObjectiveConfig:
 
     @property
     def grad_last_k(self) -> int | None:
-        """The ``grad_last_k`` argument of :meth:`LatentMAS.build_trace`."""
+        """The ``grad_last_k`` argument of :meth:`LatentMAS.build_context <diffmas.methods.latent_mas.LatentMAS.build_context>`."""
         return {"none": 0, "full": None, "last_k": self.last_k}[self.grad_through]
 
 
@@ -63,7 +63,7 @@ def end_of_turn_id(lm: LM) -> int:
         marker = "DIFFMAS_END_MARKER"
         messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
         text = tok.apply_chat_template(messages, tokenize=False)
-        tail = text[text.rfind(marker) + len(marker):]
+        tail = text[text.rfind(marker) + len(marker) :]
         for t in tok(tail, add_special_tokens=False)["input_ids"]:
             if t in stops:
                 return int(t)
@@ -109,52 +109,39 @@ def teacher_force(
 
 
 def trajectory_loss(
-    method: LatentMAS,
+    method: Method,
     questions: list[str],
     targets: list[str] | list[list[int]],
     config: ObjectiveConfig | None = None,
     *,
     generator: torch.Generator | None = None,
 ) -> TrajectoryLoss:
-    """Build the latent trace of ``questions`` and score the final agent's ``targets`` on it.
+    """Build ``method``'s context of ``questions`` and score the answering agent's ``targets`` on it.
 
     ``targets`` are reference answers as text (tokenised with :func:`target_ids`) or as token ids.
-    Gradients are not switched on here: call it with grad enabled to train, under ``no_grad`` to
-    evaluate. ``generator`` draws the communication-dropout masks.
+    The same target tokens, :func:`teacher_force` and reduction serve every method, so a trained
+    multi-agent system and its single-agent control differ only in their context. Gradients are
+    not switched on here: call it with grad enabled to train, under ``no_grad`` to evaluate.
+    ``generator`` draws the communication-dropout masks (methods with upstream agents).
     """
     config = config or ObjectiveConfig()
-    lm, system = method.lm, method.system
-    if len(targets) != len(questions):
-        raise DiffMASError(f"got {len(targets)} targets for {len(questions)} questions")
-    ids = [target_ids(lm, t) if isinstance(t, str) else list(t) for t in targets]
-    hide = None
-    if config.comm_dropout > 0 and system.upstream:
-        shape = (len(questions), len(system.upstream))
-        hide = torch.rand(shape, generator=generator) < config.comm_dropout
-    built = method.build_trace(questions, reserve=[len(t) for t in ids], grad_last_k=config.grad_last_k,
-                               hide_from_final=hide)
-    per_token, mask = teacher_force(lm, built.cache, system.final.name, built.last_hidden, ids)
-    tokens = mask.sum(dim=1)
-    return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)
-
-
-def single_agent_loss(
-    method: SingleAgent, questions: list[str], targets: list[str] | list[list[int]]
-) -> TrajectoryLoss:
-    """The honest control's loss: ``targets`` teacher-forced after the single-agent prompt.
-
-    Same target tokens, same :func:`teacher_force` and same reduction as :func:`trajectory_loss`;
-    only the context differs (one agent's prompt instead of a multi-agent latent trace).
-    """
     lm = method.lm
     if len(targets) != len(questions):
         raise DiffMASError(f"got {len(targets)} targets for {len(questions)} questions")
     ids = [target_ids(lm, t) if isinstance(t, str) else list(t) for t in targets]
-    prompts = method.build_prompts(questions)
-    method.check_fits(None, [len(p) + len(t) for p, t in zip(prompts, ids)], "the prompt plus the target")
-    cache = lm.new_cache(len(prompts))
-    hidden = lm.prefill(cache, method.agent, prompts)
-    per_token, mask = teacher_force(lm, cache, method.agent, hidden, ids)
+    upstream = method.system.upstream if method.system is not None else []
+    hide = None
+    if config.comm_dropout > 0 and upstream:
+        hide = torch.rand((len(questions), len(upstream)), generator=generator) < config.comm_dropout
+    grad_last_k = config.grad_last_k if upstream else None
+    ctx = method.build_context(
+        questions,
+        reserve=[len(t) for t in ids],
+        reserve_what="the target",
+        grad_last_k=grad_last_k,
+        hide_from_final=hide,
+    )
+    per_token, mask = teacher_force(lm, ctx.cache, ctx.agent, ctx.last_hidden, ids)
     tokens = mask.sum(dim=1)
     return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)
 
@@ -176,10 +163,9 @@ def role_loss(text_method: TextMAS, questions: list[str], texts: list[list[str]]
     for j, agent in enumerate(system.agents):
         prompts = [text_method.prompt_ids(j, q, row) for q, row in zip(questions, texts)]
         ids = [target_ids(lm, row[j]) for row in texts]
-        text_method.check_fits(None, [len(p) + len(t) for p, t in zip(prompts, ids)],
-                               f"agent {agent.name}'s prompt plus its trajectory text")
-        cache = lm.new_cache(len(prompts))
-        hidden = lm.prefill(cache, agent.name, prompts)
+        cache, hidden = text_method.prefill_prompts(
+            agent.name, prompts, None, [len(t) for t in ids], f"agent {agent.name}'s prompt plus its trajectory text"
+        )
         per_token, mask = teacher_force(lm, cache, agent.name, hidden, ids)
         total = total + per_token.sum()
         per_row = per_row + per_token.sum(dim=1)

@@ -1,9 +1,8 @@
 """The end-to-end trainer: LoRA adapters (and the communication map) trained on reference answers.
 
-``diffmas`` trains a latent multi-agent system through :func:`trajectory_loss` (the very forward
-pass ``latent_mas`` runs at inference, with gradients on); ``single_sft`` trains one agent with
-one LoRA of the same settings on the same data, steps and schedule through
-:func:`single_agent_loss`: the honest control.
+Both methods train through :func:`trajectory_loss`, on the very forward pass their inference
+runs, with gradients on: ``diffmas`` a latent multi-agent system, ``single_sft`` one agent with
+one LoRA of the same settings on the same data, steps and schedule (the honest control).
 
 Data parallelism: launched with several processes (``accelerate launch -m diffmas train ...`` or
 ``torchrun``; the environment names RANK and WORLD_SIZE), every process takes its own slice of
@@ -26,19 +25,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffmas import checkpoint as ckpt
+from diffmas.adapters import AgentAdapters
 from diffmas.agents import load_system
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.latent import CommAdapter
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.tasks import get_task
-from diffmas.train import checkpoint as ckpt
-from diffmas.train.adapters import AgentAdapters
-from diffmas.train.config import BEFORE_WRITTEN, FIXED_ON_RESUME, TrainConfig
+from diffmas.train import saving
 from diffmas.train.collect import load_trajectories
+from diffmas.train.config import FIXED_ON_RESUME, TrainConfig
 from diffmas.train.data import DataStream, TrainItem, build_items, load_examples
 from diffmas.train.memory import enable_mlp_checkpointing
-from diffmas.train.objective import TrajectoryLoss, role_loss, single_agent_loss, trajectory_loss
+from diffmas.train.objective import TrajectoryLoss, role_loss, trajectory_loss
 
 LOG = "log.jsonl"
 
@@ -52,7 +52,7 @@ class Distributed:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, device: str) -> "Distributed":
+    def from_env(cls, device: str) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -80,8 +80,10 @@ class Distributed:
         gathered = [torch.zeros_like(local) for _ in range(self.world)]
         torch.distributed.all_gather(gathered, local)
         if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise DiffMASError(f"the {self.world} processes ended with different {what}: data-parallel training "
-                               "went out of sync (were they started with different settings or code?)")
+            raise DiffMASError(
+                f"the {self.world} processes ended with different {what}: data-parallel training "
+                "went out of sync (were they started with different settings or code?)"
+            )
 
     def mean_(self, tensors: list[torch.Tensor]) -> None:
         """Average tensors across processes, in place (one all-reduce per dtype and device)."""
@@ -102,8 +104,11 @@ class Distributed:
 
 def rng_state() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -132,8 +137,9 @@ class Trainer:
         self.dist = Distributed.from_env(cfg.device)
         self.out = cfg.out_dir()
         self.task = get_task(cfg.task)
-        self.examples, self.source = load_examples(self.task, cfg.split, cfg.data_path, cfg.exclude_last,
-                                                   cfg.offset, cfg.limit, cfg.seed)
+        self.examples, self.source = load_examples(
+            self.task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit, cfg.seed
+        )
         self.lm = lm or self._load_lm()
         seed_all(cfg.seed)  # the adapters' initialisation: identical in every process
         self._build_method()
@@ -147,8 +153,10 @@ class Trainer:
         per_step = cfg.batch_size * cfg.grad_accum * self.dist.world
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.items) / per_step))
         if cfg.role_steps >= self.total_steps:
-            raise DiffMASError(f"role_steps ({cfg.role_steps}) leaves no step of the {self.total_steps} for the joint "
-                               "latent stage; lower --role-steps or raise --max-steps")
+            raise DiffMASError(
+                f"role_steps ({cfg.role_steps}) leaves no step of the {self.total_steps} for the joint "
+                "latent stage; lower --role-steps or raise --max-steps"
+            )
         self._build_optimizer()
         self.stream = DataStream(len(self.items), cfg.seed)
         self.step = 0
@@ -163,8 +171,9 @@ class Trainer:
 
     def _build_method(self) -> None:
         cfg, lm, task = self.cfg, self.lm, self.task
-        method_cfg = MethodConfig(latent_steps=cfg.latent_steps_at(0), realign=cfg.realign,
-                                  repeat_question=cfg.repeat_question)
+        method_cfg = MethodConfig(
+            latent_steps=cfg.latent_steps_at(0), realign=cfg.realign, repeat_question=cfg.repeat_question
+        )
         self.comm: CommAdapter | None = None
         if cfg.method == "single_sft":
             self.system = None
@@ -172,11 +181,13 @@ class Trainer:
             self.adapters = AgentAdapters(lm, [SingleAgent.agent], cfg.lora())
             return
         self.system = load_system(cfg.system, cfg.topology)
-        self.method = LatentMAS(lm, method_cfg, family=task.family, answer_format=task.answer_format,
-                                system=self.system)
+        self.method = LatentMAS(
+            lm, method_cfg, family=task.family, answer_format=task.answer_format, system=self.system
+        )
         # The two-stage schedule's first stage: the same agents and adapters, talking in text.
-        self.text_method = TextMAS(lm, method_cfg, family=task.family, answer_format=task.answer_format,
-                                   system=self.system)
+        self.text_method = TextMAS(
+            lm, method_cfg, family=task.family, answer_format=task.answer_format, system=self.system
+        )
         self.adapters = AgentAdapters(lm, [a.name for a in self.system.agents], cfg.lora())
         if cfg.comm_adapter:
             self.comm = self.method.comm = CommAdapter.from_lm(lm, realign=cfg.realign)
@@ -189,12 +200,13 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cfg.lr_factor(step, self.total_steps))
+            self.optimizer, lambda step: cfg.lr_factor(step, self.total_steps)
+        )
 
     # -- one step -------------------------------------------------------------------------------
     @property
     def stage(self) -> str:
-        """"role" during the first ``role_steps`` steps of a two-stage schedule, else "joint"."""
+        """ "role" during the first ``role_steps`` steps of a two-stage schedule, else "joint"."""
         return "role" if self.step < self.cfg.role_steps else "joint"
 
     def loss(self, batch: list[TrainItem]) -> TrajectoryLoss:
@@ -202,12 +214,10 @@ class Trainer:
         if self.stage == "role":
             return role_loss(self.text_method, questions, [item.texts for item in batch])
         targets = [item.target for item in batch]
-        if isinstance(self.method, LatentMAS):
-            return trajectory_loss(self.method, questions, targets, self.cfg.objective(), generator=self.dropout_gen)
-        return single_agent_loss(self.method, questions, targets)
+        return trajectory_loss(self.method, questions, targets, self.cfg.objective(), generator=self.dropout_gen)
 
     def latent_steps_now(self) -> int:
-        return self.cfg.latent_steps_at(self.step) if isinstance(self.method, LatentMAS) else 0
+        return self.cfg.latent_steps_at(self.step) if self.system is not None else 0
 
     def train_step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches); returns its log record."""
@@ -228,16 +238,23 @@ class Trainer:
             tokens += int(out.tokens.sum())
         loss = torch.stack(losses).mean()
         dist.mean_([loss] + [p.grad for p in self.params if p.grad is not None])
-        record = {"step": self.step + 1, "loss": loss.item(), "lr": lr, "stage": stage,
-                  "latent_steps": latent if stage == "joint" else 0, "tokens": tokens * dist.world}
+        record = {
+            "step": self.step + 1,
+            "loss": loss.item(),
+            "lr": lr,
+            "stage": stage,
+            "latent_steps": latent if stage == "joint" else 0,
+            "tokens": tokens * dist.world,
+        }
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         bad = self._non_finite(loss, norm)
         if bad is None:
             self.optimizer.step()
         self.scheduler.step()  # a skipped step still uses up its data and its place in the schedule
         self.step += 1
-        record.update(grad_norm=float(norm), seconds=round(time.perf_counter() - started, 4),
-                      epoch=round(self.stream.position, 4))
+        record.update(
+            grad_norm=float(norm), seconds=round(time.perf_counter() - started, 4), epoch=round(self.stream.position, 4)
+        )
         if bad is not None:
             record["skipped"] = bad
         return record
@@ -268,7 +285,8 @@ class Trainer:
         raise DiffMASError(
             f"{self.bad_steps} steps in a row had a non-finite loss or gradient ({record['skipped']}), the last at "
             f"step {self.step}; stopped. The weights are still finite and saved in {where}: lower --lr or "
-            "--max-grad-norm or check the data, then continue with --resume")
+            "--max-grad-norm or check the data, then continue with --resume"
+        )
 
     # -- the run ----------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -279,8 +297,13 @@ class Trainer:
         if cfg.resume and (latest := ckpt.latest_checkpoint(self.out, verify=True)) is not None:
             self.restore(latest)
         first, last = self.step, None
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and dist.main),
-                   desc=f"train {cfg.method}", unit="step")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (self.progress and dist.main),
+            desc=f"train {cfg.method}",
+            unit="step",
+        )
         self.lm.model.train()
         stop = min(self.total_steps, cfg.until_step or self.total_steps)
         try:
@@ -301,11 +324,19 @@ class Trainer:
         where = self.out / "final" if done else ckpt.step_dir(self.out, self.step)
         if done or ckpt.read_manifest(where) is None:
             self.save(where)
-        return {"out": str(self.out), "final": str(where), "finished": done, "steps": self.step,
-                "steps_this_run": self.step - first, "last": last, "examples": len(self.examples),
-                "items": len(self.items),
-                "source": self.source, "seconds": time.perf_counter() - started,
-                "trainable_parameters": sum(p.numel() for p in self.params)}
+        return {
+            "out": str(self.out),
+            "final": str(where),
+            "finished": done,
+            "steps": self.step,
+            "steps_this_run": self.step - first,
+            "last": last,
+            "examples": len(self.examples),
+            "items": len(self.items),
+            "source": self.source,
+            "seconds": time.perf_counter() - started,
+            "trainable_parameters": sum(p.numel() for p in self.params),
+        }
 
     def _prepare_out(self) -> None:
         if self.dist.main:
@@ -314,9 +345,10 @@ class Trainer:
             except OSError as exc:
                 raise DiffMASError(f"cannot create output directory {self.out}: {exc.strerror}") from None
             if not self.cfg.resume and (ckpt.complete_checkpoints(self.out) or (self.out / LOG).exists()):
-                raise DiffMASError(f"{self.out} already holds a training run; pass --resume to continue it or "
-                                   "choose another --out")
-            ckpt.clean(self.out, self.cfg.keep_checkpoints)
+                raise DiffMASError(
+                    f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
+                )
+            saving.clean(self.out, self.cfg.keep_checkpoints)
             if not self.cfg.resume or ckpt.latest_checkpoint(self.out) is None:
                 (self.out / LOG).unlink(missing_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
@@ -331,24 +363,36 @@ class Trainer:
     def save(self, dest: Path) -> None:
         """Write a complete checkpoint to ``dest`` atomically (rank 0; every rank adds its RNG)."""
         dist = self.dist
-        tmp = ckpt.staging_dir(dest)
+        tmp = saving.staging_dir(dest)
         if dist.main:
-            ckpt.begin(dest)
+            saving.begin(dest)
         dist.barrier()
         torch.save(rng_state() | {"dropout": self.dropout_gen.get_state()}, tmp / f"rng-{dist.rank}.pt")
         dist.barrier()
         if dist.main:
             last_used = self.cfg.latent_steps_at(max(self.step - 1, 0)) if self.system is not None else 0
-            manifest = ckpt.manifest_of(self.adapters, self.lm, method=self.cfg.method, step=self.step,
-                                        system=self.system, comm=self.comm is not None, realign=self.cfg.realign,
-                                        latent_steps=last_used, task=self.cfg.task,
-                                        repeat_question=self.cfg.repeat_question)
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "data": self.stream.state_dict(),
-                     "world_size": dist.world}
-            ckpt.write_payload(tmp, manifest, self.adapters, self.comm, state, asdict(self.cfg))
-            ckpt.commit(tmp, dest)
-            ckpt.clean(self.out, self.cfg.keep_checkpoints)
+            manifest = saving.manifest_of(
+                self.adapters,
+                self.lm,
+                method=self.cfg.method,
+                step=self.step,
+                system=self.system,
+                comm=self.comm is not None,
+                realign=self.cfg.realign,
+                latent_steps=last_used,
+                task=self.cfg.task,
+                repeat_question=self.cfg.repeat_question,
+            )
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "data": self.stream.state_dict(),
+                "world_size": dist.world,
+            }
+            saving.write_payload(tmp, manifest, self.adapters, self.comm, state, asdict(self.cfg))
+            saving.commit(tmp, dest)
+            saving.clean(self.out, self.cfg.keep_checkpoints)
         dist.barrier()
 
     def restore(self, path: Path) -> None:
@@ -356,12 +400,14 @@ class Trainer:
         saved = json.loads((path / "config.json").read_text())
         now = asdict(self.cfg)
         # Keys older versions did not write: what those versions did.
-        saved = {**{f.name: f.default for f in fields(TrainConfig)}, **BEFORE_WRITTEN, **saved}
+        saved = {**{f.name: f.default for f in fields(TrainConfig)}, **ckpt.BEFORE_WRITTEN, **saved}
         changed = [k for k in FIXED_ON_RESUME if saved[k] != now.get(k)]
         if changed:
             detail = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
-            raise DiffMASError(f"cannot resume {path} with different settings ({detail}); use the run's "
-                               "own settings or start a new --out")
+            raise DiffMASError(
+                f"cannot resume {path} with different settings ({detail}); use the run's "
+                "own settings or start a new --out"
+            )
         ckpt.load_adapter_weights(self.adapters, path)
         if self.comm is not None:
             ckpt.load_comm_weights(self.comm, path)

@@ -1,0 +1,131 @@
+"""Writing checkpoints of training runs (the format and its reader: :mod:`diffmas.checkpoint`).
+
+A checkpoint is written into a staging directory next to its final place and renamed into place,
+so a crash never leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from diffmas.adapters import AgentAdapters
+from diffmas.agents import SystemSpec
+from diffmas.checkpoint import (
+    ADAPTERS,
+    COMM,
+    FORMAT,
+    MANIFEST,
+    STAGING_PREFIX,
+    STATE,
+    STEP_PREFIX,
+    VERSION,
+    model_signature,
+    read_manifest,
+    sha256,
+)
+from diffmas.engine import LM
+
+
+def staging_dir(dest: Path) -> Path:
+    return dest.parent / f"{STAGING_PREFIX}{dest.name}"
+
+
+def begin(dest: Path) -> Path:
+    """A fresh, empty staging directory for ``dest``."""
+    tmp = staging_dir(dest)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_payload(
+    tmp: Path, manifest: dict, adapters: AgentAdapters, comm: torch.nn.Module | None, state: dict | None, config: dict
+) -> None:
+    """Fill a staging directory; the manifest goes last."""
+    from safetensors.torch import save_file
+
+    adapters.peft_model.save_pretrained(str(tmp / ADAPTERS))
+    if comm is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in comm.state_dict().items()}, str(tmp / COMM))
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    # Every file's size and hash: a checkpoint damaged after it was written (a truncated copy, a
+    # bad disk) is detected on resume and skipped for the previous one.
+    files = {
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    (tmp / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
+
+
+def commit(tmp: Path, dest: Path) -> None:
+    """Move a finished staging directory to ``dest`` (replacing an older one of that name)."""
+    old = dest.parent / f"{STAGING_PREFIX}old-{dest.name}"
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def manifest_of(
+    adapters: AgentAdapters,
+    lm: LM,
+    *,
+    method: str,
+    step: int,
+    system: SystemSpec | None,
+    comm: bool,
+    realign: bool,
+    latent_steps: int,
+    task: str,
+    repeat_question: bool = False,
+) -> dict:
+    first = adapters.adapter_names[0]
+    targets = adapters.peft_model.peft_config[first].target_modules
+    lora = {**asdict(adapters.settings), "target_modules": sorted(targets)}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": method,
+        "step": step,
+        "base_model": lm.name,
+        "base_signature": model_signature(lm),
+        "agents": list(adapters.names),
+        "adapters": dict(adapters.names),
+        "system": asdict(system) if system is not None else None,
+        "lora": lora,
+        "comm_adapter": comm,
+        "realign": realign,
+        "latent_steps": latent_steps,
+        "task": task,
+        "repeat_question": repeat_question,
+    }
+
+
+def clean(out: Path, keep: int) -> None:
+    """Remove staging leftovers of interrupted writes, incomplete step directories and all but
+    the ``keep`` most recent step checkpoints (0: keep all)."""
+    root = out / "checkpoints"
+    for parent in (root, out):
+        for leftover in parent.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    steps = []
+    for path in sorted(root.glob(f"{STEP_PREFIX}*")):
+        if read_manifest(path) is None:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            steps.append(path)
+    if keep:
+        for path in steps[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
