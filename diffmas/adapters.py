@@ -15,6 +15,7 @@ adapters are made trainable again; only the active one is *used*.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -169,6 +170,23 @@ class AgentAdapters:
         names = [self.adapter_of(agent)] if agent is not None else self.adapter_names
         for name in names:
             yield from self._params[name]
+
+    def fingerprint(self, agent: str) -> str:
+        """What ``agent``'s adapter does to the model: "identity" while every LoRA B matrix is zero
+        (as initialised, whatever the seed drew for A), else a hash of all its weights."""
+        from peft.tuners.lora import LoraLayer
+
+        name = self.adapter_of(agent)
+        identity = True
+        for module in self.peft_model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_B:
+                identity = identity and not bool(module.lora_B[name].weight.detach().any())
+        if identity:
+            return "identity"
+        digest = hashlib.sha256()
+        for p in self.parameters(agent):
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

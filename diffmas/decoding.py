@@ -9,6 +9,7 @@ passes; the model wrapper itself knows nothing of sampling.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -71,6 +72,30 @@ def choose(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
+def decode_rows(
+    lm: LM,
+    cache: SharedKVCache,
+    agent: str,
+    last_hidden: torch.Tensor,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+) -> list[Finished]:
+    """Generate up to ``max_new_tokens`` per row after the trace; return each row's
+    :class:`Finished` (keyed by its row index), in row order.
+
+    Rows that finish are dropped from the cache (it ends with only the rows still running at
+    the last step), so a batch costs what its unfinished rows cost, not what its longest row
+    costs times the batch size. Decoding is always the last thing done with a trace.
+    """
+    pool = DecodePool(lm, agent, sampling)
+    pool.add(cache, last_hidden, max_new_tokens, list(range(cache.batch_size)))
+    out: list[Finished | None] = [None] * cache.batch_size
+    while len(pool):
+        for finished in pool.step():
+            out[finished.key] = finished
+    return out
+
+
 def decode(
     lm: LM,
     cache: SharedKVCache,
@@ -79,20 +104,8 @@ def decode(
     max_new_tokens: int,
     sampling: Sampling | None = None,
 ) -> list[list[int]]:
-    """Generate up to ``max_new_tokens`` per row after the trace; return the ids per row (the
-    stop token included when one was produced).
-
-    Rows that finish are dropped from the cache (it ends with only the rows still running at
-    the last step), so a batch costs what its unfinished rows cost, not what its longest row
-    costs times the batch size. Decoding is always the last thing done with a trace.
-    """
-    pool = DecodePool(lm, agent, sampling)
-    pool.add(cache, last_hidden, max_new_tokens, list(range(cache.batch_size)))
-    out: list[list[int]] = [[] for _ in range(cache.batch_size)]
-    while len(pool):
-        for row, ids, *_ in pool.step():
-            out[row] = ids
-    return out
+    """:func:`decode_rows`' ids per row (the stop token included when one was produced)."""
+    return [f.ids for f in decode_rows(lm, cache, agent, last_hidden, max_new_tokens, sampling)]
 
 
 @dataclass
@@ -138,14 +151,23 @@ class AnswerCue:
 
 
 class Finished(NamedTuple):
-    """A row that finished decoding: its key, its ids (the stop token included when one ended it)
-    and, when its answer was cued (see :class:`AnswerCue`), where in ``ids`` the cue starts and
-    how many of the ids were fed by the cue rather than chosen by the model."""
+    """A row that finished decoding: its key, its ids (the stop token included when one ended it),
+    when its answer was cued (see :class:`AnswerCue`) where in ``ids`` the cue starts and how many
+    of the ids were fed by the cue rather than chosen by the model, and the summed log-probability
+    of the ``scored`` tokens the model chose, under its own distribution (temperature 1, before
+    top-p or any forbidden token): what :attr:`perplexity` is made of."""
 
     key: object
     ids: list[int]
     cue_at: int | None = None
     cue_tokens: int = 0
+    logprob: float = 0.0
+    scored: int = 0
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp(-mean log-probability) of the chosen tokens: 1 for a model certain of each token."""
+        return math.exp(-self.logprob / self.scored) if self.scored else None
 
 
 class DecodePool:
@@ -173,6 +195,7 @@ class DecodePool:
         self.feed: list[list[int]] = []  # cue tokens still to be fed (the model's choice is ignored meanwhile)
         self.cue_at: list[int | None] = []  # where in out the cue starts; None: not cued
         self.choices: list[list[int] | None] = []  # a cued row's valid answers (AnswerCue.choices)
+        self.logp: list[list[float | None]] = []  # per id of out: its log-probability if the model chose it
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -192,6 +215,7 @@ class DecodePool:
         self.feed += [[] for _ in keys]
         self.cue_at += [None] * len(keys)
         self.choices += [None] * len(keys)
+        self.logp += [[] for _ in keys]
 
     def step(self) -> list[Finished]:
         """Choose the next token of every running row; return the rows that finished."""
@@ -199,19 +223,25 @@ class DecodePool:
             return []
         lm, sampling = self.lm, self.sampling
         logits = lm.logits(self.hidden).cpu()
+        norm = logits.logsumexp(dim=-1)  # (R,): the model's own distribution, before any token is forbidden
         early = [k for k, o in enumerate(self.out) if len(o) < sampling.min_new_tokens]
         if early and self.stop:
             logits[torch.tensor(early)[:, None], lm.stop_ids[None, :]] = float("-inf")
         self._limit_to_choices(logits)
-        chosen = choose(logits, sampling, self.gen).tolist()
+        picked = choose(logits, sampling, self.gen)
+        # A chosen token is never a forbidden one, so its masked logit is its raw logit.
+        logps = (logits.gather(1, picked[:, None]).squeeze(1) - norm).tolist()
+        chosen = picked.tolist()
         keep, done = [], []
         for k, token in enumerate(chosen):
             if self.feed[k]:
                 chosen[k] = self.feed[k].pop(0)
                 self.out[k].append(chosen[k])
+                self.logp[k].append(None)
                 keep.append(k)
                 continue
             self.out[k].append(token)
+            self.logp[k].append(logps[k])
             finished = (
                 token in self.stop
                 or len(self.out[k]) >= self.budget[k]
@@ -220,6 +250,7 @@ class DecodePool:
             if self.cue_at[k] is not None:
                 if self.choices[k]:  # the choice is the answer: close its brace, nothing more to decode
                     self.out[k] += self.cue.close_ids
+                    self.logp[k] += [None] * len(self.cue.close_ids)
                     finished = True
                 else:  # a free answer ends as soon as it closes the cue's brace
                     after = self.out[k][self.cue_at[k] + len(self.cue.ids) :]
@@ -227,10 +258,10 @@ class DecodePool:
             elif finished and self._start_cue(k, chosen):
                 finished = False
             (done if finished else keep).append(k)
-        finished = [Finished(self.keys[k], self.out[k], self.cue_at[k], self._cue_tokens(k)) for k in done]
+        finished = [self._finished(k) for k in done]
         nxt = torch.tensor(chosen)
         if done:
-            for name in ("keys", "out", "budget", "feed", "cue_at", "choices"):
+            for name in ("keys", "out", "budget", "feed", "cue_at", "choices", "logp"):
                 setattr(self, name, [getattr(self, name)[k] for k in keep])
             if not keep:
                 self.cache = self.hidden = None
@@ -241,6 +272,10 @@ class DecodePool:
         ones = torch.ones(len(nxt), 1, dtype=torch.long)
         self.hidden = lm.forward(self.cache, self.agent, "text", ones, input_ids=nxt[:, None].to(lm.device))
         return finished
+
+    def _finished(self, k: int) -> Finished:
+        scored = [v for v in self.logp[k] if v is not None]
+        return Finished(self.keys[k], self.out[k], self.cue_at[k], self._cue_tokens(k), sum(scored), len(scored))
 
     def _cue_tokens(self, k: int) -> int:
         if self.cue_at[k] is None:
@@ -271,10 +306,11 @@ class DecodePool:
             self.keys[k], self.lm.decode_text(text_ids)
         ):
             return False
-        if stopped:
+        if stopped:  # the stop token gives way to the cue's first token, fed, not chosen
             out.pop()
             chosen[k] = cue.ids[0]
             out.append(chosen[k])
+            self.logp[k][-1] = None
             self.feed[k] = list(cue.ids[1:])
             self.cue_at[k] = len(out) - 1
         else:  # the last token chosen is fed now, the cue after it

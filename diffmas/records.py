@@ -97,6 +97,7 @@ def make_record(example: Example, trace, task: Task, seconds: float) -> dict:
         "passed_text_tokens": sum(a.generated_tokens for a in trace.agents[:-1] if a.text is not None),
         "passed_latent_vectors": sum(a.latent_steps for a in trace.agents[:-1]),
         "answer_cued": trace.answer_cued,
+        "perplexity": None if trace.perplexity is None else round(trace.perplexity, 4),
         "seconds": round(seconds, 4),
         "peak_memory_mb": round(peak_memory_mb(), 1),  # of the process, at the end of this example's batch
         "output": trace.final_text,
@@ -134,6 +135,10 @@ def stability(records: list[dict], samples: int) -> dict:
     }
 
 
+def mean_of(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def summarise(records: list[dict], cfg: Any, extra: dict) -> dict:
     """The summary of an evaluation run's ``records``; ``cfg`` is its config (an ``EvalConfig``)."""
     # Accuracy and its interval count each problem once (its first sample); costs average over
@@ -163,6 +168,8 @@ def summarise(records: list[dict], cfg: Any, extra: dict) -> dict:
         "mean_seconds": mean("seconds"),
         "mean_passed_text_tokens": mean("passed_text_tokens"),
         "mean_passed_latent_vectors": mean("passed_latent_vectors"),
+        # Decoding stability as the DiffMAS paper measures it: the answers' mean per-token perplexity.
+        "mean_perplexity": mean_of([r["perplexity"] for r in records if r.get("perplexity") is not None]),
         "method_seconds": sum(r["seconds"] for r in records),
         "answers": len(records),  # n x samples once complete
         "extraction_failures": sum(r["prediction"] is None for r in records),  # of all answers

@@ -1,10 +1,13 @@
 """Shared pytest configuration and fixtures."""
 
 import os
+import tempfile
 
 # Tests never reach the Hugging Face hub: without this, a miss waits ~25 s on the client's retries.
 # Set before transformers is imported, which reads it once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Reader training keeps upstream traces under ~/.cache by default: tests keep theirs in a temporary folder.
+os.environ.setdefault("DIFFMAS_TRACE_DIR", tempfile.mkdtemp(prefix="diffmas-traces-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -16,7 +16,7 @@ from diffmas.methods import MethodConfig, TextMAS
 from diffmas.models import build_tiny_model
 from diffmas.tasks import get_task
 from diffmas.train import AgentAdapters, LoraSettings
-from diffmas.train.collect import ATTEMPTS, TRAJECTORIES, load_trajectories
+from diffmas.train.collect import ATTEMPTS, TRAJECTORIES, kept_trajectories, load_trajectories
 from diffmas.train.config import TrainConfig
 from diffmas.train.data import build_items
 from diffmas.train.objective import role_loss
@@ -194,3 +194,88 @@ def test_two_stage_schedule_logs_role_then_joint_steps(tiny_model_dir, tmp_path)
             TrainConfig(**{**dict(trajectories=str(traj)), **bad})
     with pytest.raises(DiffMASError, match="no step"):
         Trainer(TrainConfig(**{**cfg.__dict__, "role_steps": 4, "out": str(tmp_path / "r2")}), progress=False)
+
+
+def always_correct(monkeypatch, task):
+    real_score = type(task).score
+    monkeypatch.setattr(type(task), "score", lambda self, text, ex: (real_score(self, text, ex)[0], True))
+
+
+@pytest.mark.parametrize("method", ["single", "latent_mas"])
+def test_any_untrained_method_can_teach(tiny_model_dir, tmp_path, monkeypatch, capsys, method):
+    task = get_task("synthetic-arith")
+    always_correct(monkeypatch, task)
+    out = tmp_path / method
+    assert main(collect_args(tiny_model_dir, out, "--method", method, "--latent-steps", "1")) == 0
+    printed = capsys.readouterr().out
+    assert "6 of 6 attempts correct" in printed and "per attempt" in printed
+    attempts = lines(out / ATTEMPTS)
+    texts = [[a["text"] for a in r["agents"]] for r in attempts]
+    if method == "single":
+        assert all(len(t) == 1 and isinstance(t[0], str) for t in texts)
+    else:  # upstream agents think in latent steps: they write no text
+        assert all(t[:-1] == [None, None, None] and isinstance(t[-1], str) for t in texts)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["seconds_per_attempt"] > 0
+    assert summary["kept"] + summary["repeats_dropped"] == 6 == summary["correct"]
+    assert len(load_trajectories(out)) == summary["kept"]
+
+
+def test_kept_trajectories_drop_repeated_texts():
+    def row(i, sample, text, correct=True):
+        return {"id": i, "sample": sample, "correct": correct, "agents": [{"agent": "A", "text": text}]}
+
+    rows = [
+        row("a", 0, "x = 2"),
+        row("a", 1, "x =  2 "),
+        row("a", 2, "x = 3"),
+        row("b", 0, "x = 2"),
+        row("b", 1, "y", False),
+    ]
+    kept, repeats = kept_trajectories(rows)
+    assert [(r["id"], r["sample"]) for r in kept] == [("a", 0), ("a", 2), ("b", 0)] and repeats == 1
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    always_correct(monkeypatch, get_task("synthetic-arith"))
+    out = tmp_path / "c"
+    assert main(collect_args(tiny_model_dir, out, "--method", "single")) == 0
+    assert main(collect_args(tiny_model_dir, out, "--method", "single", "--temperature", "0.9", "--resume")) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "temperature: 0.7 -> 0.9" in err
+    assert main(collect_args(tiny_model_dir, out, "--method", "text_mas", "--resume")) == 1
+    assert "method: 'single' -> 'text_mas'" in capsys.readouterr().err
+    # More samples of the same teacher continue the run.
+    assert main(collect_args(tiny_model_dir, out, "--method", "single", "--samples", "3", "--resume")) == 0
+    assert len(lines(out / ATTEMPTS)) == 9
+
+
+def test_diffmas_and_its_control_train_on_the_same_kept_targets(tiny_model_dir, tmp_path):
+    task = get_task("synthetic-arith")
+    examples = task.load(split="train", limit=6).examples
+    rows = [
+        {"id": ex.id, "sample": 0, "question": ex.question, "correct": True, "agents": [{"agent": "Solver", "text": t}]}
+        for ex, t in zip(examples[:4], ["one \\boxed{1}", "two \\boxed{2}", "three", "four"])
+    ]
+    traj = write_trajectories(tmp_path / "traj", rows)  # a single-agent teacher's: other agents than diffmas's
+
+    def items(method, **extra):
+        cfg = TrainConfig(
+            model=tiny_model_dir,
+            dtype="float32",
+            task="synthetic-arith",
+            limit=6,
+            method=method,
+            lora_rank=4,
+            trajectories=str(traj),
+            target="trajectory",
+            out=str(tmp_path / method),
+            **extra,
+        )
+        return Trainer(cfg, progress=False).items
+
+    diffmas, control = items("diffmas"), items("single_sft")
+    assert [(i.id, i.target) for i in diffmas] == [(i.id, i.target) for i in control]
+    assert [i.target for i in diffmas] == ["one \\boxed{1}", "two \\boxed{2}", "three", "four"]
+    with pytest.raises(DataError, match="same --system"):  # the roles need the teacher's own agents
+        items("diffmas", role_steps=1, max_steps=2)

@@ -49,6 +49,11 @@ def main(argv: list[str]) -> int:
                 f"stopped at step {summary['steps']} of {trainer.total_steps} (--until-step); rerun with --resume "
                 "to continue"
             )
+        if (traces := summary["traces"]) is not None:
+            print(
+                f"upstream traces: {traces['built']} built ({traces['build_seconds']:.1f} s), {traces['reused']} read "
+                f"back, {traces['mb_per_example']} MB per example, in {traces['dir']}"
+            )
         print(f"log: {trainer.out / LOG}\nadapters: {summary['final']}")
         (trainer.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -9,7 +9,7 @@ import torch
 
 from diffmas.agents import SystemSpec
 from diffmas.config import option
-from diffmas.decoding import AnswerCue, DecodePool, Sampling, decode
+from diffmas.decoding import AnswerCue, DecodePool, Finished, Sampling, decode_rows
 from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.kv_trace import SharedKVCache
@@ -69,6 +69,7 @@ class AgentTrace:
     latent_steps: int = 0
     readout: list[list[str]] | None = None  # logit-lens top-k tokens per latent vector
     answer_cued: bool = False  # no answer could be read until the task's answer cue was appended (AnswerCue)
+    perplexity: float | None = None  # of the tokens it chose, under the model that chose them (answering agent)
 
 
 @dataclass
@@ -91,6 +92,11 @@ class Trace:
         return sum(a.prompt_tokens for a in self.agents)
 
     @property
+    def perplexity(self) -> float | None:
+        """The answer's decoding perplexity (see :attr:`diffmas.decoding.Finished.perplexity`)."""
+        return self.agents[-1].perplexity if self.agents else None
+
+    @property
     def answer_cued(self) -> bool:
         return bool(self.agents) and self.agents[-1].answer_cued
 
@@ -101,6 +107,15 @@ class Trace:
         final.answer_cued = True
         final.generated_tokens -= cue_tokens
         final.prompt_tokens += cue_tokens
+
+
+def finished_trace(finish: Callable[[int, list[int]], Trace], row: int, done: Finished) -> Trace:
+    """Row ``row``'s trace from what decoding returned for it (its ids, cue and perplexity)."""
+    trace = finish(row, done.ids)
+    trace.agents[-1].perplexity = done.perplexity
+    if done.cue_at is not None:
+        trace.mark_cued(done.cue_tokens)
+    return trace
 
 
 def per_row(value: int | list[int], batch: int) -> list[int]:
@@ -224,8 +239,8 @@ class Method:
 
     def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
         p = self.prepare(questions, ids)
-        outputs = decode(self.lm, p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
-        return [p.finish(b, out) for b, out in enumerate(outputs)]
+        rows = decode_rows(self.lm, p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
+        return [finished_trace(p.finish, b, row) for b, row in enumerate(rows)]
 
     def run_stream(
         self,
@@ -278,11 +293,9 @@ class Method:
                 pool.add(p.cache, p.last_hidden, p.max_new_tokens, keys)
                 start += len(batch)
                 continue
-            for (index, row, finish), out, cue_at, cue_tokens in pool.step():
-                trace = finish(row, out)
-                if cue_at is not None:
-                    trace.mark_cued(cue_tokens)
-                yield index, trace
+            for done in pool.step():
+                index, row, finish = done.key
+                yield index, finished_trace(finish, row, done)
 
     def length_order(self, questions: list[str]) -> list[int]:
         """Indices of ``questions``, longest (in tokens) first; ties keep the given order."""

@@ -98,6 +98,14 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
     grad_through: str = option("full", "how far gradients reach upstream: none | full | last_k", choices=GRAD_THROUGH)
     last_k: int = option(1, "with grad_through last_k: latent steps per upstream agent that get gradients")
     comm_dropout: float = option(0.0, "probability of hiding an upstream agent from the final agent, per example")
+    trace_cache: bool = option(
+        True,
+        "with grad_through none (reader training): build each example's upstream trace once, keep it on "
+        "disk and read it at every later step (diffmas.train.traces)",
+    )
+    trace_dir: str | None = option(
+        None, "where the upstream traces are kept (default: $DIFFMAS_TRACE_DIR or ~/.cache/diffmas/traces)"
+    )
     curriculum: list[str] | None = option(
         None, "latent steps by step: YAML [[0, 2], [100, 5]] or --curriculum 0:2 100:5 (from step s use n)"
     )
@@ -124,6 +132,11 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
         "--max-steps, and --resume continues (a run split over sessions)",
     )
     max_bad_steps: int = option(5, "stop after this many steps in a row skipped for a NaN or infinite loss")
+    attention_float32: bool = option(
+        False,
+        "compute attention with gradients (scores, softmax, backward) in float32 in a bfloat16 model "
+        "(diffmas.kernels.attention.set_float32_gradients)",
+    )
     gradient_checkpointing: bool = option(
         False,
         "recompute the decoder MLP blocks' activations in the backward "

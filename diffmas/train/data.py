@@ -103,8 +103,9 @@ def build_items(
     """Training items from the task's examples, or from kept trajectories of those examples.
 
     ``target``: the final agent learns the task's reference solution ("reference") or the
-    teacher's final text ("trajectory"). ``agents``: the trained system's agent names, which the
-    trajectories must match (a role is learnt by the agent of the same name).
+    teacher's final text ("trajectory"). ``agents``: for the two-stage schedule, the trained
+    system's agent names, which the trajectories must match, each with a text (a role is learnt
+    by the agent of the same name, from what it wrote).
     """
     if target not in TARGETS:
         raise DataError(f"target must be one of {TARGETS}, got {target!r}")
@@ -129,6 +130,11 @@ def build_items(
                 f"{agents}; collect with the same --system/--topology"
             )
         texts = [a["text"] for a in row["agents"]]
+        if agents is not None and any(t is None for t in texts):
+            raise DataError(
+                f"trajectory {row['id']!r} has agents without a text (a latent or single-agent teacher): "
+                "the two-stage schedule (--role-steps) needs a text_mas teacher's trajectories"
+            )
         ex = by_id[row["id"]]
         items.append(
             TrainItem(ex.id, ex.question, texts[-1] if target == "trajectory" else task.training_target(ex), texts)

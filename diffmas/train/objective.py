@@ -12,6 +12,7 @@ the communication adapter) through the KV entries the final agent attends to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.kv_trace import SharedKVCache
 from diffmas.methods import Method, TextMAS
+
+if TYPE_CHECKING:
+    from diffmas.train.traces import TraceStore
 
 GRAD_THROUGH = ("none", "full", "last_k")
 
@@ -115,6 +119,7 @@ def trajectory_loss(
     config: ObjectiveConfig | None = None,
     *,
     generator: torch.Generator | None = None,
+    traces: TraceStore | None = None,
 ) -> TrajectoryLoss:
     """Build ``method``'s context of ``questions`` and score the answering agent's ``targets`` on it.
 
@@ -123,6 +128,8 @@ def trajectory_loss(
     multi-agent system and its single-agent control differ only in their context. Gradients are
     not switched on here: call it with grad enabled to train, under ``no_grad`` to evaluate.
     ``generator`` draws the communication-dropout masks (methods with upstream agents).
+    ``traces``: a :class:`~diffmas.train.traces.TraceStore` of ``method``'s upstream traces, read
+    instead of built (reader training: no gradient reaches the upstream agents).
     """
     config = config or ObjectiveConfig()
     lm = method.lm
@@ -133,14 +140,16 @@ def trajectory_loss(
     hide = None
     if config.comm_dropout > 0 and upstream:
         hide = torch.rand((len(questions), len(upstream)), generator=generator) < config.comm_dropout
-    grad_last_k = config.grad_last_k if upstream else None
-    ctx = method.build_context(
-        questions,
-        reserve=[len(t) for t in ids],
-        reserve_what="the target",
-        grad_last_k=grad_last_k,
-        hide_from_final=hide,
-    )
+    reserve = [len(t) for t in ids]
+    if traces is not None:
+        if config.grad_last_k != 0:
+            raise DiffMASError("stored upstream traces carry no gradient: they need grad_through none")
+        ctx = traces.context(questions, reserve=reserve, hide_from_final=hide)
+    else:
+        grad_last_k = config.grad_last_k if upstream else None
+        ctx = method.build_context(
+            questions, reserve=reserve, reserve_what="the target", grad_last_k=grad_last_k, hide_from_final=hide
+        )
     per_token, mask = teacher_force(lm, ctx.cache, ctx.agent, ctx.last_hidden, ids)
     tokens = mask.sum(dim=1)
     return TrajectoryLoss(per_token.sum() / tokens.sum(), per_token.sum(dim=1) / tokens, tokens)

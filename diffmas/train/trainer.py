@@ -30,6 +30,7 @@ from diffmas.adapters import AgentAdapters
 from diffmas.agents import load_system
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
+from diffmas.kernels.attention import set_float32_gradients
 from diffmas.latent import CommAdapter
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.tasks import get_task
@@ -39,6 +40,7 @@ from diffmas.train.config import FIXED_ON_RESUME, TrainConfig
 from diffmas.train.data import DataStream, TrainItem, build_items, load_examples
 from diffmas.train.memory import enable_mlp_checkpointing
 from diffmas.train.objective import TrajectoryLoss, role_loss, trajectory_loss
+from diffmas.train.traces import TraceStore, default_trace_dir
 
 LOG = "log.jsonl"
 
@@ -143,9 +145,13 @@ class Trainer:
         self.lm = lm or self._load_lm()
         seed_all(cfg.seed)  # the adapters' initialisation: identical in every process
         self._build_method()
+        self.traces = self._trace_store()
         trajectories = load_trajectories(cfg.trajectories) if cfg.trajectories else None
-        agents = [a.name for a in self.system.agents] if self.system is not None else None
+        # Roles are learnt by the agents of the same names; a target alone comes from any teacher.
+        agents = [a.name for a in self.system.agents] if self.system is not None and cfg.role_steps else None
         self.items = build_items(self.task, self.examples, trajectories, cfg.target, agents)
+        if cfg.attention_float32:
+            set_float32_gradients(self.lm.model)
         if cfg.gradient_checkpointing:
             enable_mlp_checkpointing(self.lm.model, adapters=len(self.adapters.adapter_names))
         seed_all(cfg.seed + 7919 * self.dist.rank)  # dropout: each process draws its own
@@ -192,6 +198,22 @@ class Trainer:
         if cfg.comm_adapter:
             self.comm = self.method.comm = CommAdapter.from_lm(lm, realign=cfg.realign)
 
+    def _trace_store(self) -> TraceStore | None:
+        """The store of upstream traces when no gradient can reach the upstream agents."""
+        cfg = self.cfg
+        if cfg.method != "diffmas" or cfg.grad_through != "none" or not cfg.trace_cache:
+            return None
+        if cfg.shared_adapter:  # the upstream agents write with the adapter being trained
+            if self.dist.main:
+                print(
+                    "note: with --shared-adapter the upstream agents use the trained adapter, so their trace "
+                    "changes at every step: it is built at every step, not stored",
+                    file=sys.stderr,
+                )
+            return None
+        kernels = {k: getattr(cfg, k) for k in ("model", "packed", "cpu_attention", "batch_invariant")}
+        return TraceStore(self.method, cfg.trace_dir or default_trace_dir(), self.adapters, kernels)
+
     def _build_optimizer(self) -> None:
         cfg = self.cfg
         groups = [{"params": list(self.adapters.parameters()), "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
@@ -214,7 +236,9 @@ class Trainer:
         if self.stage == "role":
             return role_loss(self.text_method, questions, [item.texts for item in batch])
         targets = [item.target for item in batch]
-        return trajectory_loss(self.method, questions, targets, self.cfg.objective(), generator=self.dropout_gen)
+        return trajectory_loss(
+            self.method, questions, targets, self.cfg.objective(), generator=self.dropout_gen, traces=self.traces
+        )
 
     def latent_steps_now(self) -> int:
         return self.cfg.latent_steps_at(self.step) if self.system is not None else 0
@@ -336,6 +360,7 @@ class Trainer:
             "source": self.source,
             "seconds": time.perf_counter() - started,
             "trainable_parameters": sum(p.numel() for p in self.params),
+            "traces": self.traces.summary() if self.traces is not None else None,
         }
 
     def _prepare_out(self) -> None:

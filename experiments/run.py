@@ -1,0 +1,153 @@
+"""Run an experiment folder: collect, train, evaluate and compare, each step resumable.
+
+    DIFFMAS_DATA_DIR=../shared/data python experiments/run.py experiments/reader-qwen0.5b-dev
+    python experiments/run.py experiments/NAME --only train:diffmas eval:diffmas   # some steps
+    python experiments/run.py experiments/NAME --dry-run                            # print the commands
+
+An experiment is a folder with an ``experiment.yaml``:
+
+    runs: runs/experiments/reader-qwen0.5b-dev   # collect and train outputs (large, not committed)
+    steps:
+      - collect: {name: own-words, config: configs/collect-gsm8k-qwen0.5b.yaml, limit: 256}
+      - train: {name: diffmas, config: configs/reader-gsm8k-qwen0.5b.yaml, trajectories: "@collect:own-words"}
+      - eval: {name: single, method: single, task: gsm8k, split: train, offset: -1000, limit: 200}
+      - eval: {name: diffmas, method: diffmas, adapter: "@train:diffmas", ...}
+      - compare: {}
+
+Each step is one ``diffmas`` command: its keys become flags (``limit: 256`` -> ``--limit 256``,
+``true`` -> ``--flag``, ``false`` -> ``--no-flag``), and ``@KIND:NAME`` names the output of an
+earlier step. Collect and train write under ``runs``; evaluations write into the folder's
+``results/NAME`` (records and summary, committed with the experiment); compare writes
+``results/compare``. Every step runs with ``--resume``, so a killed or session-split run picks
+up where it stopped; a finished training run (its ``final`` checkpoint) is not started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+KINDS = ("collect", "train", "eval", "compare")
+
+
+class ExperimentError(Exception):
+    pass
+
+
+def load(folder: Path) -> tuple[dict, list[tuple[str, str, dict]]]:
+    """The experiment's settings and its steps as (kind, name, options)."""
+    path = folder / "experiment.yaml"
+    if not path.is_file():
+        raise ExperimentError(f"{path} does not exist: an experiment folder holds an experiment.yaml")
+    spec = yaml.safe_load(path.read_text()) or {}
+    steps = []
+    for i, entry in enumerate(spec.get("steps") or []):
+        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in KINDS:
+            raise ExperimentError(f"{path}: step {i + 1} must be one of {KINDS} with its options, got {entry!r}")
+        kind, options = next(iter(entry.items()))
+        options = dict(options or {})
+        name = str(options.pop("name", kind))
+        if any(k == kind and n == name for k, n, _ in steps):
+            raise ExperimentError(f"{path}: two {kind} steps are named {name!r}")
+        steps.append((kind, name, options))
+    if not steps:
+        raise ExperimentError(f"{path} has no steps")
+    return spec, steps
+
+
+def output_of(folder: Path, runs: Path, kind: str, name: str) -> Path:
+    if kind in ("collect", "train"):
+        return runs / f"{kind}-{name}"
+    return folder / "results" / name
+
+
+def flags(options: dict, resolve) -> list[str]:
+    """``{limit: 256, resume: true, by_length: false}`` -> ``--limit 256 --resume --no-by-length``."""
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            out += [flag, *(resolve(str(v)) for v in value)]
+        elif value is not None:
+            out += [flag, resolve(str(value))]
+    return out
+
+
+def commands(folder: Path, spec: dict, steps) -> list[tuple[str, str, list[str] | None]]:
+    """(kind, name, argv of ``diffmas``) per step; None: nothing left to do."""
+    runs = Path(spec.get("runs") or f"runs/experiments/{folder.name}")
+    done = {(k, n) for k, n, _ in steps}
+
+    def resolve(value: str) -> str:
+        if value.startswith("@"):
+            kind, _, name = value[1:].partition(":")
+            if (kind, name) not in done:
+                raise ExperimentError(f"{value}: no {kind} step named {name!r} in {folder}")
+            return str(output_of(folder, runs, kind, name))
+        return value
+
+    out = []
+    for kind, name, options in steps:
+        target = output_of(folder, runs, kind, name)
+        if kind == "compare":
+            evals = [output_of(folder, runs, "eval", n) for k, n, _ in steps if k == "eval"]
+            argv = ["compare", *map(str, evals), "--out", str(target), *flags(options, resolve)]
+        elif kind == "train" and (target / "final" / "manifest.json").exists():
+            argv = None  # finished
+        else:
+            argv = [kind, *flags(options, resolve), "--out", str(target), "--resume"]
+        out.append((kind, name, argv))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="the experiment folder (holds experiment.yaml)")
+    p.add_argument("--only", nargs="+", default=None, metavar="KIND:NAME", help="run only these steps")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    try:
+        spec, steps = load(args.folder)
+        plan = commands(args.folder, spec, steps)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.only is not None:
+        unknown = set(args.only) - {f"{k}:{n}" for k, n, _ in plan}
+        if unknown:
+            print(f"error: no steps {sorted(unknown)} in {args.folder}", file=sys.stderr)
+            return 2
+        plan = [s for s in plan if f"{s[0]}:{s[1]}" in args.only]
+    report = []
+    for kind, name, argv in plan:
+        if argv is None:
+            print(f"== {kind}:{name}: done", flush=True)
+            report.append((kind, name, "done", 0.0))
+            continue
+        line = "diffmas " + shlex.join(argv)
+        print(f"== {kind}:{name}: {line}", flush=True)
+        if args.dry_run:
+            continue
+        started = time.perf_counter()
+        rc = subprocess.run([sys.executable, "-m", "diffmas", *argv]).returncode
+        report.append((kind, name, "ok" if rc == 0 else f"failed (exit {rc})", time.perf_counter() - started))
+        if rc != 0:
+            print(f"step {kind}:{name} failed with exit code {rc}; fix it and rerun: finished steps are kept")
+            break
+    for kind, name, status, seconds in report:
+        print(f"{kind}:{name:24s} {status:18s} {seconds / 60:7.1f} min")
+    return 0 if all(r[2] in ("ok", "done") for r in report) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

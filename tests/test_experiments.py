@@ -1,0 +1,69 @@
+"""experiments/run.py: an experiment folder's steps run in order, resumable, on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(folder: Path, tiny_model_dir: str, runs: Path) -> Path:
+    common = {"model": tiny_model_dir, "dtype": "float32", "task": "synthetic-arith"}
+    evals = {**common, "split": "test", "limit": 3, "max_new_tokens": 4, "latent_steps": 1}
+    steps = [
+        {"train": {"name": "diffmas", "config": str(ROOT / "configs" / "train-tiny.yaml"), **common}},
+        {"eval": {"name": "single", "method": "single", **evals}},
+        {"eval": {"name": "diffmas", "method": "diffmas", "adapter": "@train:diffmas", **evals}},
+        {"compare": {}},
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "experiment.yaml").write_text(yaml.safe_dump({"runs": str(runs), "steps": steps}))
+    return folder
+
+
+def test_steps_run_in_order_and_resume(runner, tiny_model_dir, tmp_path, capsys):
+    folder = write(tmp_path / "exp", tiny_model_dir, tmp_path / "runs")
+    assert runner.main([str(folder)]) == 0
+    assert (tmp_path / "runs" / "train-diffmas" / "final" / "manifest.json").exists()
+    for row in ("single", "diffmas"):
+        summary = json.loads((folder / "results" / row / "summary.json").read_text())
+        assert summary["n"] == 3 and summary["method"] == row
+    assert "| diffmas" in (folder / "results" / "compare" / "comparison.md").read_text()
+    out = capsys.readouterr().out
+    assert "train:diffmas" in out and "ok" in out
+    # Again: training is finished, the evaluations have every record, compare runs again.
+    assert runner.main([str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "== train:diffmas: done" in out
+    assert all(
+        len((folder / "results" / r / "records.jsonl").read_text().splitlines()) == 3 for r in ("single", "diffmas")
+    )
+
+
+def test_dry_run_and_bad_folders(runner, tiny_model_dir, tmp_path, capsys):
+    folder = write(tmp_path / "exp", tiny_model_dir, tmp_path / "runs")
+    assert runner.main([str(folder), "--dry-run", "--only", "eval:diffmas"]) == 0
+    out = capsys.readouterr().out
+    assert f"--adapter {tmp_path / 'runs' / 'train-diffmas'}" in out and "--resume" in out
+    assert not (folder / "results").exists()
+    spec = yaml.safe_load((folder / "experiment.yaml").read_text())
+    spec["steps"][2]["eval"]["adapter"] = "@train:nothing"
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(spec))
+    assert runner.main([str(folder), "--dry-run"]) == 2
+    assert "no train step named 'nothing'" in capsys.readouterr().err
+    assert runner.main([str(tmp_path / "missing")]) == 2
+    assert "experiment.yaml" in capsys.readouterr().err
+    assert runner.main([str(write(tmp_path / "exp2", tiny_model_dir, tmp_path / "r")), "--only", "eval:x"]) == 2
