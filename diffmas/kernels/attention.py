@@ -25,7 +25,6 @@ NAME = "diffmas_cpu"
 # more than the kernel saves. Training stays on it too: with gradients the products were slower
 # than the fused kernel (docs/performance.md).
 SHORT_QUERY = 16
-FLOAT32_GRADIENTS = "diffmas_float32_attention_gradients"  # a model config flag: set_float32_gradients
 
 
 def _matmul_attention(
@@ -77,14 +76,6 @@ def diffmas_cpu_attention(
         and not torch.is_grad_enabled()
     )
     if not usable:
-        low = query.dtype in (torch.bfloat16, torch.float16)
-        if low and torch.is_grad_enabled() and getattr(getattr(module, "config", None), FLOAT32_GRADIENTS, False):
-            # Scores, softmax and their backward in float32: see set_float32_gradients.
-            out, weights = sdpa_attention_forward(
-                module, query.float(), key.float(), value.float(), attention_mask, dropout=dropout,
-                scaling=scaling, **kwargs,
-            )  # fmt: skip
-            return out.to(query.dtype), weights
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -103,21 +94,6 @@ def _mask(*args, **kwargs):
 
 AttentionInterface.register(NAME, diffmas_cpu_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
-
-
-def set_float32_gradients(model: torch.nn.Module, on: bool = True) -> None:
-    """Run attention calls that record gradients in float32 in a bfloat16 / float16 model.
-
-    An experiment (docs/results.md, "bfloat16 gradients"): the softmax backward subtracts nearly
-    equal numbers, so it might lose the gradient reaching the cached keys in bfloat16. Inputs are
-    cast up per call (the weights stay as they are); the output is cast back. Calls without
-    gradients are unchanged."""
-    config = model.config
-    if on and getattr(config, "_attn_implementation", None) == "sdpa":
-        model.set_attn_implementation(NAME)  # its calls with gradients go to SDPA, cast as above
-    if on and getattr(config, "_attn_implementation", None) != NAME:
-        raise ValueError(f"float32 attention gradients need SDPA attention, not {config._attn_implementation!r}")
-    setattr(config, FLOAT32_GRADIENTS, on)
 
 
 def use_cpu_attention(model: torch.nn.Module) -> bool:

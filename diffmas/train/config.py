@@ -132,11 +132,6 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
         "--max-steps, and --resume continues (a run split over sessions)",
     )
     max_bad_steps: int = option(5, "stop after this many steps in a row skipped for a NaN or infinite loss")
-    attention_float32: bool = option(
-        False,
-        "compute attention with gradients (scores, softmax, backward) in float32 in a bfloat16 model "
-        "(diffmas.kernels.attention.set_float32_gradients)",
-    )
     gradient_checkpointing: bool = option(
         False,
         "recompute the decoder MLP blocks' activations in the backward "

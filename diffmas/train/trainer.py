@@ -30,7 +30,6 @@ from diffmas.adapters import AgentAdapters
 from diffmas.agents import load_system
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.kernels.attention import set_float32_gradients
 from diffmas.latent import CommAdapter
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.tasks import get_task
@@ -150,8 +149,6 @@ class Trainer:
         # Roles are learnt by the agents of the same names; a target alone comes from any teacher.
         agents = [a.name for a in self.system.agents] if self.system is not None and cfg.role_steps else None
         self.items = build_items(self.task, self.examples, trajectories, cfg.target, agents)
-        if cfg.attention_float32:
-            set_float32_gradients(self.lm.model)
         if cfg.gradient_checkpointing:
             enable_mlp_checkpointing(self.lm.model, adapters=len(self.adapters.adapter_names))
         seed_all(cfg.seed + 7919 * self.dist.rank)  # dropout: each process draws its own
