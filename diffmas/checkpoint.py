@@ -78,7 +78,7 @@ def damage(path: Path) -> str | None:
     """Why checkpoint ``path`` cannot be trusted (a file missing, cut short or changed), or None."""
     manifest = read_manifest(path)
     if manifest is None:
-        return f"{MANIFEST} missing or unreadable"
+        return f"{MANIFEST} missing, unreadable or incomplete"
     files = manifest.get("files")
     if not isinstance(files, dict):  # written before hashes were recorded: nothing to check
         return None
@@ -94,12 +94,16 @@ def damage(path: Path) -> str | None:
 
 
 def read_manifest(path: Path) -> dict | None:
-    """The manifest of a complete checkpoint directory, else None."""
+    """The manifest of a complete checkpoint directory, else None (also for a manifest that
+    lacks what every checkpoint records: its format and step)."""
     try:
         data = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    if not (isinstance(data, dict) and data.get("format") == FORMAT):
+        return None
+    step = data.get("step")
+    return data if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 def step_dir(out: Path, step: int) -> Path:
@@ -139,8 +143,8 @@ def resolve(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is None:
         raise DiffMASError(
-            f"{path} holds no complete DiffMAS checkpoint ({MANIFEST} missing: not a training "
-            "run's final/ or checkpoint directory, or an interrupted write)"
+            f"{path} holds no complete DiffMAS checkpoint ({MANIFEST} missing or incomplete: not a "
+            "training run's final/ or checkpoint directory, or an interrupted write)"
         )
     return latest
 
@@ -174,6 +178,12 @@ class TrainedCheckpoint:
 
     def __init__(self, path: str | Path):
         self.path = resolve(path)
+        problem = damage(self.path)  # a truncated or changed file must not load, or load silently
+        if problem is not None:
+            raise DiffMASError(
+                f"adapter checkpoint {self.path} is damaged: {problem}; copy it again from where it "
+                "came from, or evaluate another checkpoint of the run"
+            )
         self.manifest = read_manifest(self.path)  # type: ignore[assignment]
 
     @property

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,7 +35,13 @@ from diffmas.records import (
     write_atomically,
     write_records,
 )
+from diffmas.rundir import RunLock, check_settings
 from diffmas.tasks import Example, LoadResult, Task, get_task
+
+SETTINGS = "eval_config.json"
+# Settings a resumed evaluation may change: where and how fast it runs, not what it answers.
+FREE_ON_RESUME = ("out", "resume", "device", "cache_dir", "packed", "cpu_attention", "batch_size", "refill",
+                  "by_length", "samples")  # fmt: skip
 
 
 @dataclass
@@ -110,12 +116,46 @@ def _prepare_out(cfg: EvalConfig) -> Path:
     return out
 
 
+def _check_resume(out: Path, cfg: EvalConfig) -> None:
+    """Refuse to add records made with other settings to those already there (a summary would
+    then describe a mix). ``--limit`` may grow (the run goes on to more problems of the same
+    list), never shrink. Runs from before settings were saved are checked against their summary."""
+    path, now = out / SETTINGS, asdict(cfg)
+    if not read_records(out / RECORDS):  # nothing written yet: nothing to mix
+        path.unlink(missing_ok=True)
+    elif not path.exists() and (out / SUMMARY).exists():
+        try:
+            write_atomically(path, json.dumps(json.loads((out / SUMMARY).read_text())["config"]))
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = {}  # check_settings says what is wrong with the file
+        before = saved.get("limit", cfg.limit)
+        if cfg.limit is not None and (before is None or cfg.limit < before):
+            raise DiffMASError(
+                f"cannot resume the evaluation in {out} with a smaller --limit ({before} -> {cfg.limit}): its "
+                "records of the other problems would stay outside the summary; use the run's --limit or a "
+                "larger one, or choose another --out"
+            )
+    fixed = [k for k in now if k not in FREE_ON_RESUME and k != "limit"]
+    check_settings(path, now, fixed, "the evaluation")
+
+
 def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> dict:
     """Evaluate ``cfg.method`` on ``cfg.task``; returns the summary (also written to disk)."""
     started = time.perf_counter()
     task = get_task(cfg.task)
     loaded = task.load(split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset)
     out = _prepare_out(cfg)
+    with RunLock(out, f"diffmas eval --method {cfg.method}"):
+        _check_resume(out, cfg)
+        return _evaluate(cfg, task, loaded, out, lm, progress, started)
+
+
+def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, progress: bool, started: float) -> dict:
     done = {record_key(r) for r in rewrite_clean(out / RECORDS)} if cfg.resume else set()
     total = len(loaded.examples) * cfg.samples
     lm = lm or cfg.load_lm()

@@ -113,6 +113,20 @@ class SharedKVCache:
         else:
             self.visible[rows.to(self.device), cols] = int(visible)
 
+    def borrow_rows(self, segment: Segment, source: torch.Tensor) -> None:
+        """Replace row b's keys and values in ``segment``'s columns by row ``source[b]``'s, in
+        every layer (an ablation: a problem reads another problem's latent steps). The keys keep
+        the positions they were written at, so a row whose prompts were longer or shorter than
+        its source's sees them a few positions off."""
+        cols = slice(segment.start, segment.end)
+        source = source.to(self.device)
+        for layer in self.kv.layers:
+            if not getattr(layer, "is_initialized", False) or layer.keys.shape[-2] != len(self):
+                raise ValueError("borrow_rows needs layers that keep every position (no sliding window)")
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                tensor[:, :, cols] = tensor[source, :, cols].clone()
+
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         """Append columns as constants: forward passes inside run under ``no_grad``, while the

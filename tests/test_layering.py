@@ -16,8 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "diffmas"
 
 LAYERS: list[set[str]] = [
-    {"errors", "config", "prompts"},
-    {"options", "agents", "sandbox", "_sandbox_harness", "tasks", "kernels"},
+    {"errors", "config", "prompts", "rundir"},
+    {"options", "agents", "sandbox", "tasks", "kernels"},
     {"models", "kv_trace"},
     {"engine"},
     {"decoding", "latent"},

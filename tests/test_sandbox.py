@@ -195,8 +195,8 @@ def test_process_that_left_the_group_is_killed():
 
 @pytest.mark.skipif(not ROOT, reason="shows the Python guard alone, where the kernel would allow the write")
 def test_python_guard_without_uid_switch(sentinel):
-    result = contained(f"open({str(sentinel)!r}, 'w').write('gotcha')\n", isolate_user=False)
+    result = contained(f"open({str(sentinel)!r}, 'w').write('gotcha')\n", isolation="guards")
     assert result.status == "error" and "outside the work directory" in result.reason
-    forked = contained("import os\nos.fork()\n", isolate_user=False)  # no NPROC for root: refused
+    forked = contained("import os\nos.fork()\n", isolation="guards")  # no NPROC for root: refused
     assert forked.status == "error"
     assert_untouched(sentinel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from diffmas.errors import DiffMASError
@@ -48,3 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = _os_error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    """What to do about a failed write, for the failures a user can fix (None: a real bug)."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the disk while writing{where}: free some space, then run the same command "
+            "with --resume (what was written before stays valid)"
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where} ({exc.strerror}); choose another --out"
+    return None

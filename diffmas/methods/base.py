@@ -15,6 +15,8 @@ from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.kv_trace import SharedKVCache
 from diffmas.options import SamplingOptions
 
+ABLATIONS = ("shuffle", "mask-latents", "mask")
+
 
 @dataclass
 class MethodConfig(SamplingOptions):
@@ -39,6 +41,14 @@ class MethodConfig(SamplingOptions):
         "diffmas as its adapters were trained)",
     )
     readout_k: int = option(0, "show the top-k logit-lens tokens of each latent vector (display only)")
+    ablate: str | None = option(
+        None,
+        "latent_mas / diffmas, to test what the final agent takes from the latent channel: shuffle (each "
+        "problem's upstream latent steps, as the final agent reads them, are those of the next problem in its "
+        "batch), mask-latents (the final agent does not see them; the upstream prompts stay), mask (it sees "
+        "no upstream segment at all)",
+        choices=ABLATIONS,
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.latent_steps <= 1024:
@@ -51,6 +61,8 @@ class MethodConfig(SamplingOptions):
                 f"min_new_tokens must be in [0, {min(self.max_new_tokens, self.agent_max_new_tokens)}] "
                 f"(the token budgets), got {self.min_new_tokens}"
             )
+        if self.ablate not in (None, *ABLATIONS):
+            raise DiffMASError(f"ablate must be one of {', '.join(ABLATIONS)}, got {self.ablate!r}")
         self.sampling()  # the decoding settings' own checks (stop_loops, top_p), before anything runs
 
     def sampling(self, offset: int = 0) -> Sampling:

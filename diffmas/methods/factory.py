@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from diffmas.agents import load_system
 from diffmas.config import option
 from diffmas.engine import LM, ModelConfig
-from diffmas.errors import UnknownNameError
+from diffmas.errors import DiffMASError, UnknownNameError
 from diffmas.methods.base import Method, MethodConfig
 from diffmas.methods.diffmas import DiffMAS
 from diffmas.methods.latent_mas import LatentMAS
@@ -43,6 +43,8 @@ def build_method(
 
     Trained methods (``adapter``) default to the system recorded in their checkpoint."""
     cls = get_method_class(name)
+    if config.ablate is not None and not issubclass(cls, LatentMAS):
+        raise DiffMASError(f"--ablate is for the latent methods (latent_mas, diffmas), not {name}")
     explicit = system is not None or topology is not None
     spec = load_system(system, topology) if cls.uses_system and (explicit or not cls.needs_adapter) else None
     return cls(lm, config, family=task.family, answer_format=task.answer_format, system=spec, adapter=adapter)

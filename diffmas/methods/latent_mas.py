@@ -100,7 +100,26 @@ class LatentMAS(Method):
         needed = [sum(len(p[b]) for p in prompts) + steps + reserve[b] for b in range(len(questions))]
         self.check_fits(ids, needed, "the shared trace (all prompts, latent steps and the answer)")
         cache, traces = self.run_upstream(prompts, grad_last_k)
+        if self.config.ablate is not None:
+            self._ablate(cache, self.config.ablate)
         return self.finish_context(cache, prompts[-1], traces, hide_from_final)
+
+    def _ablate(self, cache: SharedKVCache, how: str) -> None:
+        """Take from the final agent what the ablation ``how`` says (MethodConfig.ablate)."""
+        upstream = {a.name for a in self.system.upstream}
+        segments = [s for s in cache.segments if s.agent in upstream and (how == "mask" or s.kind == "latent")]
+        if how in ("mask", "mask-latents"):
+            for seg in segments:
+                cache.set_visible(seg, False)
+            return
+        if cache.batch_size < 2:
+            raise DiffMASError(
+                "the shuffle ablation needs at least 2 problems per batch (each reads the next one's latent "
+                "steps); got a batch of 1: choose a --batch-size or --limit that leaves no problem alone"
+            )
+        source = torch.roll(torch.arange(cache.batch_size), -1)
+        for seg in segments:
+            cache.borrow_rows(seg, source)
 
     def run_upstream(
         self, prompts: list[list[list[int]]], grad_last_k: int | None = None

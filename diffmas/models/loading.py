@@ -277,6 +277,18 @@ def _not_found(name: str, err: Exception | None = None) -> UnknownNameError:
     return UnknownNameError("model", name, list(OFFLINE_MODELS), hint=hint)
 
 
+def check_device(device) -> None:
+    """Refuse a device this torch cannot use, before anything is loaded onto it."""
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA device"
+        raise DiffMASError(f"--device {device}: this torch ({torch.__version__}) {why}; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise DiffMASError(f"--device {device}: no MPS device here; use --device cpu")
+    if kind not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise DiffMASError(f"--device {device}: unknown device type; use cpu, cuda or cuda:N")
+
+
 def load_model(
     name_or_path=None,
     dtype="bfloat16",
@@ -302,6 +314,7 @@ def load_model(
         raise DiffMASError(
             f"batch-invariant inference is implemented for CPU only, not {device!r}; leave --batch-invariant off there"
         )
+    check_device(device)
     model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
     if packed and str(device).startswith("cpu"):
         pack_linear_layers(model)

@@ -59,15 +59,19 @@ def require_text(row: dict[str, Any], key: str) -> str:
     return value
 
 
-def window(items: list, offset: int | None, limit: int | None) -> list:
-    """Apply ``offset`` (negative = the last |offset| items) and then ``limit`` (the first N)."""
+def window(items, offset: int | None, limit: int | None, what: str = "the data") -> list:
+    """Apply ``offset`` (negative = the last |offset| items) and then ``limit`` (the first N).
+    A selection with nothing in it is refused: an accuracy over no problems means nothing."""
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be at least 1, got {limit}; leave it out to use every example")
+    n = len(items)
     if offset:
         items = items[offset:]  # Python slicing already means "skip N" / "last |N|"
     if limit is not None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
         items = items[:limit]
-    return items
+    if not len(items):
+        raise DataError(f"offset {offset} leaves no examples of the {n} in {what}; use an offset below {n}")
+    return list(items)
 
 
 class Task:
@@ -124,7 +128,7 @@ class Task:
         if not examples:
             detail = f"; first problems: {'; '.join(reasons)}" if reasons else ""
             raise DataError(f"{self.name}: no valid examples in {source} ({skipped} malformed rows skipped){detail}")
-        return LoadResult(window(examples, offset, limit), skipped, reasons, source)
+        return LoadResult(window(examples, offset, limit, source), skipped, reasons, source)
 
     def raw_rows(self, split: str, data_path: str | None) -> tuple[list[io.RawRow], str]:
         """Rows and a description of where they came from, following the resolution order."""

@@ -1,25 +1,36 @@
 """Code generation: HumanEval, HumanEval+, MBPP and MBPP+, scored by running tests in the sandbox.
 
 The answer is Python code, usually in a ```python fenced block (maybe several, maybe none).
-:meth:`CodeTask.extract_answer` picks the solution, :meth:`CodeTask.build_program` joins it with the
-problem's tests, and :meth:`CodeTask.execute` runs that program in :mod:`diffmas.sandbox`, keeping
-the status (pass/fail/timeout/error) and its reason; :meth:`Task.score` stays ``(prediction,
-correct)`` like every other task. ``gold`` is the canonical solution as a complete program.
+:meth:`CodeTask.extract_answer` picks the solution and :meth:`CodeTask.execute` scores it in
+:mod:`diffmas.sandbox` without letting it judge itself (:mod:`diffmas.tasks.code_calls`: the
+reference's calls recorded, the candidate answering them alone, the tests replayed on its
+answers), keeping the status (pass/fail/timeout/error) and its reason; :meth:`Task.score` stays
+``(prediction, correct)`` like every other task. ``gold`` is the canonical solution as a complete
+program. :meth:`CodeTask.build_program` joins a solution with its tests in one program, the way
+problems the replay cannot carry are scored.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
+import threading
+import warnings
 from typing import Any
 
 from diffmas.sandbox import SandboxLimits, SandboxResult, run_program
+from diffmas.tasks import code_calls
 from diffmas.tasks.base import Example, RowError, Task, register_task, require, require_text
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
 _PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 _DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(", re.M)
 _NUMPY = re.compile(r"^[ \t]*(?:import|from)[ \t]+numpy\b", re.M)
+# The reference's recorded calls, by the hash of the reference and its tests (record_calls).
+_RECORDED: dict[str, tuple[list | None, str]] = {}
+_RECORDED_LOCK = threading.Lock()
+_MAX_RECORDED = 4096
 RUN_NAME = "solution"  # not "__main__": demo blocks under `if __name__ == "__main__":` stay unrun
 
 
@@ -81,14 +92,79 @@ class CodeTask(Task):
         entry = example.meta.get("entry_point") if example is not None else None
         return select_solution(text or "", entry)
 
-    def build_program(self, solution: str, example: Example) -> str:
+    # The parts of a problem's programs (the subclasses say how their rows make them).
+    def candidate_code(self, solution: str, example: Example) -> str:
+        """The solution as a program of its own (whatever it needs from the prompt, no tests)."""
         raise NotImplementedError
 
-    def run_solution(self, solution: str, example: Example) -> SandboxResult:
-        """Run ``solution`` against the example's tests in the sandbox."""
-        program = self.build_program(solution, example)
+    def reference_code(self, example: Example) -> str:
+        """The canonical solution as a program of its own."""
+        raise NotImplementedError
+
+    def replay_context(self, example: Example) -> str:
+        """What the tests may use besides the entry point (the prompt's helpers, imports)."""
+        return self.reference_code(example)
+
+    def test_code(self, example: Example) -> str:
+        """The tests, ending in the call that runs them."""
+        raise NotImplementedError
+
+    def build_program(self, solution: str, example: Example) -> str:
+        """Solution and tests in one program (the one-process scoring)."""
+        return f"{self.candidate_code(solution, example)}\n\n\n{self.test_code(example)}"
+
+    def _sandbox(self, program: str, data: bool = False) -> SandboxResult:
         requires = ("numpy",) if _NUMPY.search(program) else ()  # e.g. the plus tests' float checks
-        return run_program(program, self.limits, run_name=RUN_NAME, requires=requires)
+        return run_program(program, self.limits, run_name=RUN_NAME, requires=requires, data=data)
+
+    def record_calls(self, example: Example) -> tuple[list | None, str]:
+        """The entry point's calls when the reference runs the tests (once per problem), or None
+        and why the problem must be scored in one process."""
+        key = hashlib.sha256((self.reference_code(example) + self.test_code(example)).encode()).hexdigest()
+        with _RECORDED_LOCK:
+            if key in _RECORDED:
+                return _RECORDED[key]
+        entry = example.meta["entry_point"]
+        run = self._sandbox(
+            code_calls.record_program(self.reference_code(example), entry, self.test_code(example)), True
+        )
+        try:
+            if not run.passed:
+                raise ValueError(f"the reference solution does not pass its tests ({run.status}: {run.reason})")
+            calls = code_calls.decode_data(run.data, "the reference's run")
+            if code_calls.opaque_arguments(calls):
+                raise ValueError("the tests pass the entry point values that are not plain data")
+            found = (calls, "")
+        except ValueError as exc:
+            warnings.warn(f"{example.id}: {exc}; scored with solution and tests in one process", stacklevel=3)
+            found = (None, str(exc))
+        with _RECORDED_LOCK:
+            if len(_RECORDED) >= _MAX_RECORDED:
+                _RECORDED.clear()
+            _RECORDED[key] = found
+        return found
+
+    def run_solution(self, solution: str, example: Example) -> SandboxResult:
+        """Score ``solution`` on the example's tests without letting it judge itself."""
+        calls, _ = self.record_calls(example)
+        if calls is None:
+            return self._sandbox(self.build_program(solution, example))
+        entry = example.meta["entry_point"]
+        answer = self._sandbox(code_calls.answer_program(self.candidate_code(solution, example), entry, calls), True)
+        if not answer.passed:
+            return answer
+        try:
+            answers = code_calls.decode_data(answer.data, "the solution")
+            problem = code_calls.check_answers(answers, len(calls))
+        except ValueError as exc:
+            problem = str(exc)
+        if problem:
+            return SandboxResult("error", problem, answer.stdout, answer.stderr, answer.seconds, answer.returncode)
+        replay = self._sandbox(
+            code_calls.replay_program(self.replay_context(example), entry, self.test_code(example), calls, answers)
+        )
+        seconds = round(answer.seconds + replay.seconds, 3)
+        return SandboxResult(replay.status, replay.reason, answer.stdout, answer.stderr, seconds, replay.returncode)
 
     def execute(self, text: str, example: Example) -> SandboxResult:
         """The sandbox result of a model output: status pass/fail/timeout/error and its reason."""
@@ -134,15 +210,22 @@ class HumanEval(CodeTask):
         meta = {"task_id": str(task_id), "prompt": prompt, "entry_point": entry, "test": test}
         return Example(id=f"{self.name}/{_short_id(task_id)}", question=question, gold=prompt + body, meta=meta)
 
-    def build_program(self, solution: str, example: Example) -> str:
+    def candidate_code(self, solution: str, example: Example) -> str:
         prompt, entry = example.meta["prompt"], example.meta["entry_point"]
         if entry in _DEF.findall(solution):
             # A whole function: the prompt first (its imports and helpers; its docstring-only stub
             # is valid Python), then the answer's definition replaces the stub.
-            code = f"{prompt.rstrip()}\n\n{solution}"
-        else:
-            code = prompt + solution  # a completion of the prompt's function body
-        return f"{code}\n\n\n{example.meta['test']}\n\ncheck({entry})\n"
+            return f"{prompt.rstrip()}\n\n{solution}"
+        return prompt + solution  # a completion of the prompt's function body
+
+    def reference_code(self, example: Example) -> str:
+        return example.gold
+
+    def replay_context(self, example: Example) -> str:
+        return example.meta["prompt"]  # its helpers (e.g. encode for decode); its stub is replaced
+
+    def test_code(self, example: Example) -> str:
+        return f"{example.meta['test']}\n\ncheck({example.meta['entry_point']})\n"
 
 
 register_task(HumanEval("humaneval", "openai/openai_humaneval", ("HumanEval.jsonl.gz", "HumanEval.jsonl"), 5.0))
@@ -229,9 +312,14 @@ class MBPP(CodeTask):
         meta = {"task_id": str(task_id), "entry_point": entry, "test_imports": imports, "test": test_program}
         return Example(id=f"{self.name}/{_short_id(task_id)}", question=question, gold=code, meta=meta)
 
-    def build_program(self, solution: str, example: Example) -> str:
-        imports = "\n".join(example.meta["test_imports"])
-        return f"{imports}\n\n{solution}\n\n\n{example.meta['test']}\n"
+    def candidate_code(self, solution: str, example: Example) -> str:
+        return f"{chr(10).join(example.meta['test_imports'])}\n\n{solution}"
+
+    def reference_code(self, example: Example) -> str:
+        return self.candidate_code(example.gold, example)
+
+    def test_code(self, example: Example) -> str:
+        return f"{example.meta['test']}\n"
 
 
 register_task(

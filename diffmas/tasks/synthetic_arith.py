@@ -212,7 +212,7 @@ class SyntheticArith(MathTask):
         if data_path is not None:  # a saved set of problems: read like any other file
             return super().load(split, data_path, limit, seed, offset)
         resolved = self.resolve_split(split)
-        indices = window(range(SPLIT_SIZES[resolved]), offset, limit)
+        indices = window(range(SPLIT_SIZES[resolved]), offset, limit, f"{self.name} split {resolved!r}")
         examples = [self.generate(resolved, seed, i) for i in indices]
         return LoadResult(examples, 0, [], f"generated:{self.name}/{resolved}/seed={seed}")
 

@@ -27,7 +27,8 @@ from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DataError, DiffMASError
 from diffmas.methods import MethodConfig, get_method_class
 from diffmas.options import OutputOptions, SamplingOptions, SystemOptions, TrainingDataOptions, check_samples
-from diffmas.records import read_records, rewrite_clean, write_atomically, write_records
+from diffmas.records import read_records, rewrite_clean, write_records
+from diffmas.rundir import RunLock, check_settings
 from diffmas.tasks import get_task
 from diffmas.train.data import load_examples
 
@@ -84,19 +85,8 @@ class CollectConfig(ModelConfig, SystemOptions, TrainingDataOptions, SamplingOpt
 
 def check_resume(out: Path, cfg: CollectConfig) -> None:
     """Refuse to continue ``out`` with settings that would mix attempts of two different teachers."""
-    path = out / SETTINGS
-    now = asdict(cfg)
-    if path.exists():
-        saved = json.loads(path.read_text())
-        saved = {"method": "text_mas", "latent_steps": 10, **saved}  # runs before these settings existed
-        changed = [k for k in FIXED_ON_RESUME if saved.get(k) != now.get(k)]
-        if changed:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-            raise DiffMASError(
-                f"cannot resume the collection in {out} with different settings ({detail}); use its own "
-                f"settings (they are in {path}) or choose another --out"
-            )
-    write_atomically(path, json.dumps(now, indent=2))
+    before = {"method": "text_mas", "latent_steps": 10}  # runs before these settings existed
+    check_settings(out / SETTINGS, asdict(cfg), FIXED_ON_RESUME, "the collection", before)
 
 
 def teacher_of(cfg: CollectConfig, lm: LM, task):
@@ -137,7 +127,13 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
     attempts_path = out / ATTEMPTS
     if attempts_path.exists() and not cfg.resume:
         raise DiffMASError(f"{attempts_path} already exists; pass --resume to continue it or choose another --out")
-    check_resume(out, cfg)
+    with RunLock(out, f"diffmas collect --method {cfg.method}"):
+        check_resume(out, cfg)
+        return _collect(cfg, task, examples, source, out, lm, progress)
+
+
+def _collect(cfg: CollectConfig, task, examples, source: str, out: Path, lm: LM | None, progress: bool) -> dict:
+    attempts_path = out / ATTEMPTS
     done = {(r["id"], r["sample"]) for r in rewrite_clean(attempts_path)} if cfg.resume else set()
     lm = lm or cfg.load_lm()
     teacher = teacher_of(cfg, lm, task)

@@ -30,9 +30,7 @@ def load_examples(
                 f"exclude_last={exclude_last} leaves nothing of the {len(examples)} examples of {loaded.source}"
             )
         examples = examples[:-exclude_last]
-    examples = window(examples, offset, limit)
-    if not examples:
-        raise DataError(f"no training examples left in {loaded.source} after exclude_last/offset/limit")
+    examples = window(examples, offset, limit, f"{loaded.source} without its last {exclude_last}")
     return examples, loaded.source
 
 

@@ -32,6 +32,7 @@ from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.latent import CommAdapter
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
+from diffmas.rundir import RunLock
 from diffmas.tasks import get_task
 from diffmas.train import saving
 from diffmas.train.collect import load_trajectories
@@ -312,9 +313,16 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------------
     def train(self) -> dict:
         """Train to ``total_steps`` (resuming first if asked); returns a summary."""
-        cfg, dist = self.cfg, self.dist
         started = time.perf_counter()
-        self._prepare_out()
+        lock = self._prepare_out()
+        try:
+            return self._train(started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, started: float) -> dict:
+        cfg, dist = self.cfg, self.dist
         if cfg.resume and (latest := ckpt.latest_checkpoint(self.out, verify=True)) is not None:
             self.restore(latest)
         first, last = self.step, None
@@ -360,21 +368,41 @@ class Trainer:
             "traces": self.traces.summary() if self.traces is not None else None,
         }
 
-    def _prepare_out(self) -> None:
+    def _prepare_out(self) -> RunLock | None:
+        """The run directory, checked and locked (by the main process) for this run."""
+        lock = None
         if self.dist.main:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DiffMASError(f"cannot create output directory {self.out}: {exc.strerror}") from None
-            if not self.cfg.resume and (ckpt.complete_checkpoints(self.out) or (self.out / LOG).exists()):
-                raise DiffMASError(
-                    f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
-                )
-            saving.clean(self.out, self.cfg.keep_checkpoints)
-            if not self.cfg.resume or ckpt.latest_checkpoint(self.out) is None:
-                (self.out / LOG).unlink(missing_ok=True)
-            (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+            if not os.access(self.out, os.W_OK):
+                raise DiffMASError(f"output directory {self.out} is not writable; choose another --out")
+            lock = RunLock(self.out, f"diffmas train --method {self.cfg.method}").acquire()
+            try:
+                self._check_out()
+            except BaseException:
+                lock.release()
+                raise
         self.dist.barrier()
+        return lock
+
+    def _check_out(self) -> None:
+        found = ckpt.complete_checkpoints(self.out)
+        if not self.cfg.resume and (found or (self.out / LOG).exists()):
+            raise DiffMASError(
+                f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
+            )
+        if self.cfg.resume and found and ckpt.latest_checkpoint(self.out, verify=True) is None:
+            problems = "; ".join(f"{p.name}: {ckpt.damage(p)}" for _, p in found)
+            raise DiffMASError(
+                f"every checkpoint in {self.out} is damaged ({problems}), so there is nothing to resume "
+                f"from; restore one from a copy, or move {self.out} away to train from scratch"
+            )
+        saving.clean(self.out, self.cfg.keep_checkpoints)
+        if not self.cfg.resume or not found:
+            (self.out / LOG).unlink(missing_ok=True)  # a fresh start: no log lines of an earlier run
+        (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
     def _log(self, record: dict) -> None:
         if self.dist.main:

@@ -1,12 +1,14 @@
-"""Child side of :mod:`diffmas.sandbox`: runs as ``python -I -B _sandbox_harness.py FD CONFIG``.
+"""Child side of :mod:`diffmas.sandbox`: runs as ``python -I -B harness.py FD CONFIG``.
 
 Runs in a fresh interpreter, never imported by the package. In order, it: reads the pass nonce from
-stdin (then points stdin at /dev/null), sets the resource limits, (as root) moves into an empty
-network namespace and drops to the throw-away uid, installs the Python-level guards, runs
-``solution.py`` and reports ``pass NONCE`` / ``fail REASON`` / ``error REASON`` on the result pipe
-FD. Only the original process reports, and only after the whole program ran, so ``sys.exit``,
-``os._exit`` or a forked child cannot claim a pass. Kept to the standard library and to syntax
-that older system interpreters accept, because it may run under /usr/bin/python3.
+stdin (then points stdin at /dev/null) and the program, (as root) joins the run's memory cgroup,
+sets the resource limits, moves into private mount, network, IPC and UTS namespaces with a
+filesystem of its own (``jail`` in the config; see ``isolation.py``) and drops to the throw-away
+uid, installs the Python-level guards, runs ``solution.py`` and reports ``pass NONCE`` / ``fail
+REASON`` / ``error REASON`` on the result pipe FD. Only the original process reports, and only
+after the whole program ran, so ``sys.exit``, ``os._exit`` or a forked child cannot claim a pass.
+Kept to the standard library and to syntax that older system interpreters accept, because it may
+run under /usr/bin/python3.
 """
 
 import errno
@@ -14,7 +16,10 @@ import json
 import os
 import sys
 
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
 MAX_REASON = 400
 
 
@@ -32,26 +37,105 @@ def _read_nonce():
     return data.decode().strip()
 
 
-def _setup(cfg):
+def _setup(cfg, source):
+    """Limits, namespaces and uid, in that order (the cgroup and the mounts need root); returns
+    the work directory, where ``source`` now is."""
     import resource
 
+    if cfg.get("cgroup"):
+        with open(cfg["cgroup"], "w") as f:  # this process and all it starts count against one limit
+            f.write(str(os.getpid()))
     for name, value in cfg["rlimits"]:
         # hard = soft, so the program cannot raise them; CPU gets one second more so that SIGXCPU
         # (reported as a CPU timeout) comes before the hard limit's SIGKILL.
         hard = value + 1 if name == "RLIMIT_CPU" else value
         resource.setrlimit(getattr(resource, name), (value, hard))
     uid = cfg.get("uid")
-    if uid is None:
-        return
-    try:  # best effort: an empty network namespace has no interfaces, not even a working loopback
+    work = os.path.realpath(os.getcwd())
+    if cfg.get("jail"):
+        work = _enter_jail(cfg["jail"], uid)
+    elif uid is not None:
+        try:  # best effort: an empty network namespace has no interfaces, not even a working loopback
+            _libc().unshare(CLONE_NEWNET)
+        except Exception:  # noqa: BLE001 - the Python socket guard still applies
+            pass
+    filename = os.path.join(work, cfg["solution"])
+    if cfg.get("jail"):
+        with open(filename, "w", encoding="utf-8") as f:
+            f.write(source)
+        if uid is not None:
+            os.chown(filename, uid, uid)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # after this the rlimits bind (RLIMIT_NPROC is ignored for root) and root files are read-only
+    return work
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc, what):
+    if rc != 0:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
-    except Exception:  # noqa: BLE001 - the Python socket guard still applies
-        pass
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)  # after this the rlimits bind (RLIMIT_NPROC is ignored for root) and root files are read-only
+        err = ctypes.get_errno()
+        raise OSError(err, "jail: " + what + ": " + os.strerror(err))
+
+
+def _mount(libc, source, target, fstype, flags, data=None):
+    import ctypes
+
+    def enc(v):
+        return v.encode() if v else None
+
+    rc = libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    _check(rc, "mount " + str(source or fstype) + " on " + target)
+
+
+def _enter_jail(jail, uid):
+    """Private namespaces and a filesystem made of ``jail["entries"]`` under a fresh tmpfs root,
+    then chroot into it. The program (a non-root uid with no capabilities once this returns)
+    cannot leave the chroot, see the host's files or reach any network. Returns the work dir."""
+    libc = _libc()
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    root = jail["root"]
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    for kind, source, target, options in jail["entries"]:
+        path = root + target
+        if kind == "symlink":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(source, path)
+            continue
+        if kind in ("ro", "dev") and not os.path.isdir(source):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
+        else:
+            os.makedirs(path, exist_ok=True)
+        if kind in ("ro", "dev"):
+            _mount(libc, source, path, None, MS_BIND | MS_REC)
+            flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (MS_RDONLY if kind == "ro" else 0)
+            _mount(libc, None, path, None, flags | (MS_NODEV if kind == "ro" else 0))
+        elif kind == "tmpfs":
+            _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        elif kind == "proc":
+            try:  # other users' processes hidden where the kernel allows it per mount
+                _mount(libc, "proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+            except OSError:
+                _mount(libc, "proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    work = root + jail["work"]
+    if uid is not None:
+        os.chown(work, uid, uid)
+    _mount(libc, None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
+    os.chroot(root)
+    os.chdir(jail["work"])
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid program can give the uid back
+    os.environ.update(HOME=jail["work"], TMPDIR=jail["work"])
+    return jail["work"]
 
 
 def _install_guards(work, allow_fork):
@@ -273,12 +357,21 @@ def _classify(exc, filename):
     return "error", name + _where(exc, filename)
 
 
+def _flush():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the program may have replaced or closed them
+            pass
+
+
 def main():
     write, exit_, getpid = os.write, os._exit, os.getpid
     result_fd, cfg = int(sys.argv[1]), json.loads(sys.argv[2])
     origin = getpid()
 
     def report(status, text):
+        _flush()  # what the program printed before it failed is kept
         if getpid() == origin:  # a forked child never speaks for the sandbox
             try:
                 write(result_fd, (status + " " + text.replace("\n", " ")[:MAX_REASON] + "\n").encode())
@@ -288,11 +381,10 @@ def main():
 
     try:
         nonce = _read_nonce()
-        _setup(cfg)
-        work = os.path.realpath(os.getcwd())
-        filename = os.path.join(work, cfg["solution"])
-        with open(filename, encoding="utf-8") as f:
+        with open(cfg["solution"], encoding="utf-8") as f:
             source = f.read()
+        work = _setup(cfg, source)
+        filename = os.path.join(work, cfg["solution"])
     except Exception as exc:  # noqa: BLE001
         report("error", f"sandbox setup failed: {type(exc).__name__}: {exc}")
     try:
@@ -307,15 +399,12 @@ def main():
     except Exception as exc:  # noqa: BLE001
         report("error", f"sandbox setup failed: {type(exc).__name__}: {exc}")
     namespace = {"__name__": cfg.get("run_name", "__main__"), "__file__": filename, "__builtins__": __builtins__}
+    if cfg.get("data_fd") is not None:
+        namespace["__data_fd__"] = cfg["data_fd"]
     try:
         exec(code, namespace)
     except BaseException as exc:  # noqa: BLE001 - every way out of the program is a result
         report(*_classify(exc, filename))
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - the program may have replaced or closed them
-            pass
     report("pass", nonce)  # exits at once: threads that never finish do not hold the result
 
 

@@ -1,48 +1,6 @@
-"""Run untrusted Python programs (generated code plus its tests) in a contained child process.
+"""Running one program: the child process, its limits, its pipes, its verdict and its cleanup.
 
-Each program runs in a fresh ``python -I -B`` interpreter (isolated mode: no PYTHON* variables, no
-user site, no script directory on sys.path), in a throw-away working directory that is removed
-afterwards, with a minimal environment (HOME and TMPDIR point into the work directory, proxy
-variables are empty) and in a session and process group of its own. The child side lives in
-``_sandbox_harness.py``.
-
-What is enforced by the kernel (the hard limits):
-
-- wall-clock timeout: the whole process group gets SIGKILL when it runs out, whatever signal
-  handlers the program installed, and so does every process of the sandbox's uid (below);
-- rlimits set in the child before the program runs, soft = hard so they cannot be raised:
-  RLIMIT_CPU (CPU seconds), RLIMIT_AS (address space, so a memory hog gets MemoryError),
-  RLIMIT_NPROC (processes and threads: a fork bomb gets EAGAIN), RLIMIT_FSIZE (largest file),
-  RLIMIT_NOFILE, RLIMIT_CORE = 0;
-- when the parent runs as root (as on the development machines), the child drops to a random,
-  otherwise unused uid/gid with no supplementary groups, after moving into an empty network
-  namespace. Then RLIMIT_NPROC really binds (the kernel ignores it for root), files outside the
-  work directory that are not world-writable cannot be written, no other user's process
-  (the parent included) can be signalled, there is no network at all, and after the run every
-  process of that uid is killed with ``kill(-1, SIGKILL)``, which catches processes that left
-  the process group with setsid.
-
-What is only a Python-level guard (installed in the child before the program runs; it stops
-ordinary and accidental misuse but it is NOT a security boundary against a determined attacker,
-who can use ctypes, re-created C-level objects or frame introspection to get around it):
-
-- open()/os.open() for writing, os.remove/unlink/rename/replace/rmdir/mkdir/chmod/..., shutil.rmtree
-  and shutil.move outside the work directory (symlink races are not prevented);
-- os.kill/os.killpg of anything outside the sandbox's process group, os.setsid/setpgid and
-  ``start_new_session`` in subprocess;
-- socket creation for anything but AF_UNIX, and DNS lookups;
-- without root, RLIMIT_NPROC counts all of the user's processes, so it is set to the user's
-  current count plus the budget, the parent can be signalled at the kernel level, the network is
-  only blocked by the guard, and world-writable places (/tmp, /dev/shm) stay writable by the
-  kernel's rules; as root without a uid of its own (``isolate_user=False``) starting processes is
-  refused by the guard instead, because no process limit would apply.
-
-A pass is positively confirmed: the parent sends a random nonce on stdin (never in a file, argv or
-the environment); the harness reads it, points stdin at /dev/null, and writes it on a private
-result pipe only after the whole program ran in the original process. ``sys.exit``, ``os._exit``,
-a killed or forked process, or printed fake results are therefore never a pass. stdout and stderr
-are captured up to a cap each (the rest is read and discarded, so the child never blocks on a
-full pipe). Linux only (pidfd/waitid, /proc).
+The guarantees are in the package's docstring (``diffmas/sandbox/__init__.py``).
 """
 
 from __future__ import annotations
@@ -52,19 +10,22 @@ import math
 import os
 import secrets
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffmas.sandbox.isolation import WORK_INSIDE, MemoryCgroup, jail_entries, remove_owned, remove_tree
+
 STATUSES = ("pass", "fail", "timeout", "error")
-HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
+ISOLATION_MODES = ("namespaces", "uid", "guards")
+HARNESS = str(Path(__file__).with_name("harness.py"))
 PYTHON_ENV = "DIFFMAS_SANDBOX_PYTHON"  # force the interpreter the sandbox runs programs with
 SOLUTION_FILE = "solution.py"
 _UID_BASE, _UID_SPAN = 1_000_000_000, 1_000_000_000  # far above any real account's uid
@@ -85,6 +46,7 @@ class SandboxLimits:
     max_file_mb: int = 16  # largest file the program may write
     max_open_files: int = 256
     max_output_bytes: int = 64 * 1024  # kept per stream (stdout, stderr)
+    max_data_bytes: int = 64 * 2**20  # kept of what the program writes to its data pipe
 
 
 @dataclass
@@ -95,6 +57,7 @@ class SandboxResult:
     stderr: str = ""
     seconds: float = 0.0
     returncode: int | None = None
+    data: str | None = None  # what the program wrote to its data pipe (``data=True``), else None
 
     @property
     def passed(self) -> bool:
@@ -107,23 +70,45 @@ def run_program(
     limits: SandboxLimits | None = None,
     *,
     run_name: str = "__main__",
-    isolate_user: bool | None = None,
+    isolation: str | None = None,
     python: str | None = None,
     requires: tuple[str, ...] = (),
+    data: bool = False,
 ) -> SandboxResult:
     """Run ``program`` (solution and tests in one source text) and say whether it all ran.
 
     ``run_name`` is the program's ``__name__`` (evaluators pass something other than "__main__"
-    so that ``if __name__ == "__main__":`` demo blocks are not run). ``isolate_user`` (default: when
-    running as root) drops the child to a throw-away uid. ``python`` overrides the interpreter;
-    ``requires`` names modules (e.g. numpy) the chosen interpreter must be able to import.
+    so that ``if __name__ == "__main__":`` demo blocks are not run). ``isolation`` is one of
+    :data:`ISOLATION_MODES` (default: the strongest this machine allows, :func:`isolation_mode`).
+    ``python`` overrides the interpreter; ``requires`` names modules (e.g. numpy) the chosen
+    interpreter must be able to import. With ``data``, the program finds a pipe's descriptor in
+    its global ``__data_fd__``; what it writes there comes back in :attr:`SandboxResult.data`
+    (for results too large or too structured for stdout).
     """
     limits = limits or SandboxLimits()
-    drop = os.geteuid() == 0 if isolate_user is None else bool(isolate_user)
+    mode = isolation or isolation_mode()
+    if mode not in ISOLATION_MODES:
+        raise SandboxError(f"isolation {mode!r}: use one of {', '.join(ISOLATION_MODES)}")
+    drop = mode != "guards"
     if drop and os.geteuid() != 0:
-        raise SandboxError("isolate_user=True needs root (to switch to a throw-away uid)")
-    interpreter = python or _interpreter(drop, tuple(requires))
-    return _run(program, limits, run_name, drop, interpreter)
+        raise SandboxError(f"isolation {mode!r} needs root (to switch to a throw-away uid); use 'guards'")
+    if python is not None:
+        jail = mode == "namespaces"
+        if jail and not _jail_works(python):
+            raise SandboxError(f"isolation 'namespaces' does not work here with {python}")
+        return _run(program, limits, run_name, drop, python, jail, data)
+    interpreter, jail = _interpreter(mode, tuple(requires))
+    return _run(program, limits, run_name, drop, interpreter, jail, data)
+
+
+def isolation_mode() -> str:
+    """The strongest isolation this machine allows: ``namespaces`` (root: a throw-away uid in a
+    filesystem, network and memory cgroup of its own), ``uid`` (root where namespaces cannot be
+    made: a throw-away uid on the host's filesystem) or ``guards`` (not root: the caller's uid,
+    Python-level guards). The package's docstring says what each one guarantees."""
+    if os.geteuid() != 0:
+        return "guards"
+    return "namespaces" if _jail_works(os.environ.get(PYTHON_ENV) or sys.executable) else "uid"
 
 
 def run_programs(
@@ -143,45 +128,62 @@ def run_programs(
 
 # --------------------------------------------------------------------------- interpreter
 _PROBE = "import collections, functools, heapq, itertools, json, math, re, string, typing\n"
-_interpreters: dict[tuple, str] = {}
+_interpreters: dict[tuple, tuple[str, bool]] = {}
+_jails: dict[str, bool] = {}
 _interpreter_lock = threading.Lock()
 
 
-def _interpreter(drop: bool, requires: tuple[str, ...] = ()) -> str:
-    """The interpreter for sandboxed programs: the current one unless its standard library (or a
-    required module) is unreadable by an unprivileged uid (e.g. a pyenv build under /root); then
-    the first other candidate that works. Failing loudly beats scoring every program as an error."""
-    if not drop:
-        return os.environ.get(PYTHON_ENV) or sys.executable
-    key = (drop, requires)
+def _jail_works(python: str) -> bool:
+    """Whether ``python`` runs in a filesystem of its own here (needs root and namespaces)."""
     with _interpreter_lock:
-        if key not in _interpreters:
-            candidates = [
-                os.environ.get(PYTHON_ENV),
-                sys.executable,
-                os.path.realpath(sys.executable),
-                getattr(sys, "_base_executable", None),
-                "/usr/bin/python3",
-                "/usr/local/bin/python3",
-            ]
-            tried = []
-            for cand in dict.fromkeys(c for c in candidates if c):
-                if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
-                    continue
-                probe_code = _PROBE + "".join(f"import {name}\n" for name in requires)
-                probe = _run(probe_code, SandboxLimits(timeout=20), "__main__", True, cand)
-                if probe.passed:
-                    _interpreters[key] = cand
-                    break
-                tried.append(f"{cand}: {probe.status} ({probe.reason})")
-            else:
-                raise SandboxError(
-                    f"no Python interpreter can run as an unprivileged uid with "
-                    f"{', '.join(requires) or 'its standard library'}; tried "
-                    + "; ".join(tried)
-                    + f". Set {PYTHON_ENV} to one that can."
+        if python not in _jails:
+            probe = _run(_PROBE, SandboxLimits(timeout=20), "__main__", True, python, True)
+            _jails[python] = probe.passed
+            if not probe.passed:
+                warnings.warn(
+                    f"sandbox: no private filesystem here ({probe.reason}); programs run under a "
+                    "throw-away uid on the host's filesystem (docs/evaluation.md, 'The code sandbox')",
+                    stacklevel=3,
                 )
+        return _jails[python]
+
+
+def _interpreter(mode: str, requires: tuple[str, ...] = ()) -> tuple[str, bool]:
+    """The interpreter for sandboxed programs and whether it runs in a private filesystem.
+
+    In a private filesystem the interpreter the project runs with is always usable (its prefixes
+    are mounted in, wherever they are). On the host's filesystem a throw-away uid may be unable
+    to read it (a pyenv build under /root); then the first other candidate that works. Failing
+    loudly beats scoring every program as an error."""
+    first = os.environ.get(PYTHON_ENV) or sys.executable
+    if mode == "guards":
+        return first, False
+    key = (mode, requires)
+    if key in _interpreters:
         return _interpreters[key]
+    jail = mode == "namespaces"
+    if jail and not _jail_works(first):
+        raise SandboxError(f"isolation 'namespaces' does not work here with {first}; use 'uid'")
+    candidates = [first] if jail else [first, os.path.realpath(sys.executable),
+                                       getattr(sys, "_base_executable", None), "/usr/bin/python3",
+                                       "/usr/local/bin/python3"]  # fmt: skip
+    tried = []
+    for cand in dict.fromkeys(c for c in candidates if c):
+        if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
+            continue
+        probe_code = _PROBE + "".join(f"import {name}\n" for name in requires)
+        probe = _run(probe_code, SandboxLimits(timeout=20), "__main__", True, cand, jail)
+        if probe.passed:
+            with _interpreter_lock:
+                _interpreters[key] = (cand, jail)
+            return cand, jail
+        tried.append(f"{cand}: {probe.status} ({probe.reason})")
+    raise SandboxError(
+        f"no Python interpreter can run as an unprivileged uid with "
+        f"{', '.join(requires) or 'its standard library'}; tried "
+        + "; ".join(tried)
+        + f". Install what is missing into {first}, or set {PYTHON_ENV} to an interpreter that has it."
+    )
 
 
 # --------------------------------------------------------------------------- one run
@@ -214,16 +216,28 @@ def _tasks_of_uid(uid: int) -> int:
     return total
 
 
-def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python: str) -> SandboxResult:
+def _run(
+    program: str, limits: SandboxLimits, run_name: str, drop: bool, python: str, jail: bool, data: bool = False
+) -> SandboxResult:
     start = time.monotonic()
-    work = tempfile.mkdtemp(prefix="diffmas-sandbox-")
+    # base (0711, the parent's) holds the program; the program can enter its work directory
+    # but can neither list, replace nor remove base itself.
+    base = tempfile.mkdtemp(prefix="diffmas-sandbox-")
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if drop else None
+    group = MemoryCgroup.create(limits.memory_mb * 2**20) if drop else None
     proc = None
-    read_fd = write_fd = -1
+    read_fd = write_fd = data_read = data_write = -1
     try:
-        Path(work, SOLUTION_FILE).write_text(program, encoding="utf-8")
-        if uid is not None:
-            for path in (work, os.path.join(work, SOLUTION_FILE)):
+        os.chmod(base, 0o711)
+        if jail:
+            cwd = base
+            os.mkdir(os.path.join(base, "root"))
+        else:
+            cwd = os.path.join(base, "work")
+            os.mkdir(cwd)
+        Path(cwd, SOLUTION_FILE).write_text(program, encoding="utf-8")
+        if uid is not None and not jail:
+            for path in (cwd, os.path.join(cwd, SOLUTION_FILE)):
                 os.chown(path, uid, uid)
         config = {
             "rlimits": _rlimits(limits, drop),
@@ -231,11 +245,14 @@ def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python:
             "allow_fork": drop or os.geteuid() != 0,
             "run_name": run_name,
             "solution": SOLUTION_FILE,
-        }
+            "cgroup": group.procs if group is not None else None,
+            "jail": {"root": os.path.join(base, "root"), "work": WORK_INSIDE,
+                     "entries": jail_entries(python, limits.memory_mb)} if jail else None,
+        }  # fmt: skip
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": work,
-            "TMPDIR": work,
+            "HOME": cwd,
+            "TMPDIR": cwd,
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "http_proxy": "",
@@ -246,38 +263,50 @@ def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python:
             "no_proxy": "*",
         }
         read_fd, write_fd = os.pipe()
+        if data:
+            data_read, data_write = os.pipe()
+            config["data_fd"] = data_write
         nonce = secrets.token_hex(16)
         proc = subprocess.Popen(
             [python, "-I", "-B", HARNESS, str(write_fd), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=work,
+            cwd=cwd,
             env=env,
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd,) + ((data_write,) if data else ()),
             start_new_session=True,
         )
-        os.close(write_fd)
-        write_fd = -1
+        for fd in (write_fd, data_write):
+            if fd >= 0:
+                os.close(fd)
+        write_fd = data_write = -1
         try:
             proc.stdin.write(nonce.encode() + b"\n")
             proc.stdin.close()
         except OSError:
             pass  # it died at once; the result says why
         streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", read_fd: "result"}
-        out = _Collector(streams, limits.max_output_bytes)
+        caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes, "result": limits.max_output_bytes}
+        if data:
+            streams[data_read] = "data"
+            caps["data"] = limits.max_data_bytes
+        out = _Collector(streams, caps)
         timed_out = out.pump_until_exit(proc.pid, start + limits.timeout)
         _kill_all(proc.pid, uid, python)
         out.drain(time.monotonic() + _DRAIN)
         returncode = proc.wait()
         stdout, stderr = out.text("stdout"), out.text("stderr")
         status, reason = _verdict(out.text("result"), nonce, timed_out, returncode, stderr, limits)
-        return SandboxResult(status, reason, stdout, stderr, round(time.monotonic() - start, 3), returncode)
+        if group is not None and status != "pass" and _oom_killed(group):
+            status, reason = "error", f"memory limit of the whole sandbox ({limits.memory_mb} MB) reached"
+        seconds = round(time.monotonic() - start, 3)
+        return SandboxResult(status, reason, stdout, stderr, seconds, returncode, out.text("data") if data else None)
     finally:
         if proc is not None and proc.returncode is None:
             _kill_all(proc.pid, uid, python)
             proc.wait()
-        for fd in (read_fd, write_fd):
+        for fd in (read_fd, write_fd, data_read, data_write):
             if fd >= 0:
                 try:
                     os.close(fd)
@@ -286,7 +315,18 @@ def _run(program: str, limits: SandboxLimits, run_name: str, drop: bool, python:
         if proc is not None:
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
-        _remove_tree(work)
+        if group is not None:
+            group.remove()
+        remove_tree(base)
+        if uid is not None and not jail:
+            remove_owned(uid)
+
+
+def _oom_killed(group: MemoryCgroup) -> bool:
+    try:
+        return group.oom_kills() > 0
+    except (OSError, ValueError):
+        return False
 
 
 def _verdict(
@@ -317,11 +357,11 @@ def _verdict(
 
 
 class _Collector:
-    """Reads the child's pipes without blocking, keeping at most ``cap`` bytes of each."""
+    """Reads the child's pipes without blocking, keeping at most its cap of bytes of each."""
 
-    def __init__(self, streams: dict[int, str], cap: int):
+    def __init__(self, streams: dict[int, str], caps: dict[str, int]):
         self.names = streams
-        self.cap = cap
+        self.caps = caps
         self.data = {name: bytearray() for name in streams.values()}
         self.dropped = dict.fromkeys(streams.values(), 0)
         self.sel = selectors.DefaultSelector()
@@ -342,7 +382,7 @@ class _Collector:
             self.open.discard(fd)
             return
         name = self.names[fd]
-        room = self.cap - len(self.data[name])
+        room = self.caps[name] - len(self.data[name])
         self.data[name] += chunk[: max(room, 0)]
         self.dropped[name] += max(len(chunk) - max(room, 0), 0)
 
@@ -429,16 +469,3 @@ def _kill_all(pid: int, uid: int | None, python: str) -> None:
         )
         if reaper.returncode == 0:
             return
-
-
-def _remove_tree(path: str) -> None:
-    def retry(func, failed, _exc):
-        # The program may have removed permissions from its own files (chmod 000 directories).
-        try:
-            os.chmod(os.path.dirname(failed), 0o700)
-            os.chmod(failed, 0o700)
-            func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)
