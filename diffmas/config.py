@@ -112,12 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if "shown_default" in f.metadata:  # a default computed later, e.g. an output directory named after the run
             default = getattr(cls, f.metadata["shown_default"]).replace("{", "<").replace("}", ">")
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        help_ = f.metadata.get("help", "")
+        if default is not None and "default" not in help_:  # a help text may say it better itself
+            help_ += f" (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if inner is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            action.help = help_  # BooleanOptionalAction adds "(default: None)": the unset marker, not the default
         elif typing.get_origin(inner) is list:
             parser.add_argument(flag, nargs="+", **kw)
         else:

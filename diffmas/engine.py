@@ -8,6 +8,7 @@ steps therefore cost no head at all (for Qwen2.5-0.5B the head is 136M of 494M p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +72,10 @@ class LM:
         # and recorded in training checkpoints.
         self.name = name or getattr(model.config, "name_or_path", "") or type(model).__name__
         self.decoder = model.get_decoder()
+        # transformers 5.x renamed the decoder's cache argument (past_key_values goes in 5.40).
+        self._cache_arg = (
+            "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        )
         self.head = model.get_output_embeddings()
         text_config = model.config.get_text_config()
         self.softcap = getattr(text_config, "final_logit_softcapping", None)
@@ -136,8 +141,8 @@ class LM:
             inputs_embeds=inputs_embeds,
             attention_mask=cache.attention_mask(new_real),
             position_ids=cache.position_ids(new_real),
-            past_key_values=cache.kv,
             use_cache=True,
+            **{self._cache_arg: cache.kv},
         )
         cache.append(agent, kind, new_real)
         return out.last_hidden_state

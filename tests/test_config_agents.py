@@ -98,3 +98,14 @@ def test_agents_told_the_question_by_their_system(tiny_qwen, tmp_path):
     method = LatentMAS(lm, MethodConfig(), answer_format="Box it.", system=load_system(str(planner_unasked)))
     with pytest.raises(DiffMASError, match="Planner has question: false"):
         method.build_prompts([question])
+
+
+def test_help_states_each_default_once(capsys):
+    from diffmas.cli import main
+
+    for command in ("eval", "train", "collect"):
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text, command
+        assert "(default: the task's own default) (default" not in text
+        assert "(default: False)" in text  # a boolean's real default is still shown

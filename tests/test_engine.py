@@ -470,3 +470,16 @@ def test_answer_cue_with_choices_answers_with_the_likeliest_one(lm):
 
 def _logits_after(lm: LM, prompt: list[int]) -> torch.Tensor:
     return lm.logits(lm.prefill(lm.new_cache(1), "A", [prompt]))[0]
+
+
+def test_forward_uses_the_supported_cache_argument(tiny_qwen):
+    # transformers 5.24 warns that past_key_values "will be removed in version 5.40.0".
+    import warnings
+
+    lm = LM(*tiny_qwen)
+    cache = lm.new_cache(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        with torch.no_grad():
+            lm.prefill(cache, "Solver", [[1, 2, 3]])
+    assert len(cache) == 3
