@@ -174,12 +174,14 @@ def test_a_failing_program_keeps_what_it_printed(mode):
 @pytest.mark.skipif(not ROOT or isolation_mode() != "namespaces", reason="a private filesystem needs root")
 def test_the_program_sees_only_its_interpreter_and_work_directory(tmp_path):
     secret = Path(__file__).resolve()  # the project's source, and any data file, stay invisible
+    host_file = Path(tempfile.gettempdir()) / f"diffmas-host-{secrets.token_hex(4)}"
+    host_file.write_text("the host's /tmp")
     program = (
         "import os, sys\n"
         f"assert not os.path.exists({str(secret)!r})\n"
         f"assert not os.path.exists({str(tmp_path)!r})\n"
         "assert os.getcwd() == '/sandbox'\n"
-        "assert sorted(os.listdir('/tmp')) == []\n"
+        f"assert not os.path.exists({str(host_file)!r})\n"
         "try:\n"
         "    open('/usr/diffmas-probe', 'w')\n"
         "except OSError:\n"
@@ -187,7 +189,10 @@ def test_the_program_sees_only_its_interpreter_and_work_directory(tmp_path):
         "else:\n"
         "    raise SystemExit('wrote into /usr')\n"
     )
-    result = run_program(program, LIMITS)
+    try:
+        result = run_program(program, LIMITS)
+    finally:
+        host_file.unlink()
     assert result.passed, result
 
 

@@ -66,13 +66,15 @@ def jail_entries(python: str, memory_mb: int) -> list[list[str]]:
         elif os.path.isdir(d):
             entries.append(["ro", d, d, ""])
     entries += [["ro", f, f, ""] for f in _SYSTEM_FILES if os.path.isfile(f)]
-    entries += [["ro", p, p, ""] for p in _minimal(interpreter_paths(python))]
     entries.append(["tmpfs", "", "/dev", "mode=0755,size=64k"])
     entries += [["dev", d, d, ""] for d in _DEVICES if os.path.exists(d)]
     entries += [["symlink", src, dst, ""] for src, dst in _DEV_LINKS]
     size = f"size={max(memory_mb, 16)}m"
     for d in ("/tmp", "/var/tmp", "/dev/shm"):
         entries.append(["tmpfs", "", d, f"mode=1777,{size},nr_inodes=65536"])
+    # After the private /tmp: an interpreter installed under /tmp (a venv in a clone there) is
+    # mounted into it, not hidden by it.
+    entries += [["ro", p, p, ""] for p in _minimal(interpreter_paths(python))]
     entries.append(["tmpfs", "", WORK_INSIDE, f"mode=0700,{size},nr_inodes=65536"])
     entries.append(["proc", "", "/proc", ""])
     return entries
