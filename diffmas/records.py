@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from diffmas.rundir import write_atomically
 from diffmas.tasks import Example, Task
 
 RECORDS = "records.jsonl"
@@ -52,13 +53,6 @@ def read_records(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return records
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` in one step: a reader or a crash never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_records(path: Path, records: list[dict]) -> None:

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,10 +81,11 @@ def check_settings(path: Path, now: dict, fixed: Iterable[str], what: str, befor
                 f"cannot resume {what} in {path.parent} with different settings ({detail}); use its own "
                 f"settings (they are in {path}) or choose another --out"
             )
+    write_atomically(path, json.dumps(now, indent=2))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: a reader or a crash never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(now, indent=2))
+    tmp.write_text(text)
     tmp.replace(path)
-
-
-def command_line() -> str:
-    return " ".join(["diffmas", *sys.argv[1:]]) if sys.argv else "diffmas"

@@ -37,9 +37,9 @@ def _read_nonce():
     return data.decode().strip()
 
 
-def _setup(cfg, source):
+def _setup(cfg, program):
     """Limits, namespaces and uid, in that order (the cgroup and the mounts need root); returns
-    the work directory, where ``source`` now is."""
+    the work directory, where ``program`` now is."""
     import resource
 
     if cfg.get("cgroup"):
@@ -53,18 +53,12 @@ def _setup(cfg, source):
     uid = cfg.get("uid")
     work = os.path.realpath(os.getcwd())
     if cfg.get("jail"):
-        work = _enter_jail(cfg["jail"], uid)
+        work = _enter_jail(cfg["jail"], uid, cfg["solution"], program)
     elif uid is not None:
         try:  # best effort: an empty network namespace has no interfaces, not even a working loopback
             _libc().unshare(CLONE_NEWNET)
         except Exception:  # noqa: BLE001 - the Python socket guard still applies
             pass
-    filename = os.path.join(work, cfg["solution"])
-    if cfg.get("jail"):
-        with open(filename, "w", encoding="utf-8") as f:
-            f.write(source)
-        if uid is not None:
-            os.chown(filename, uid, uid)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -96,10 +90,11 @@ def _mount(libc, source, target, fstype, flags, data=None):
     _check(rc, "mount " + str(source or fstype) + " on " + target)
 
 
-def _enter_jail(jail, uid):
+def _enter_jail(jail, uid, solution, program):
     """Private namespaces and a filesystem made of ``jail["entries"]`` under a fresh tmpfs root,
-    then chroot into it. The program (a non-root uid with no capabilities once this returns)
-    cannot leave the chroot, see the host's files or reach any network. Returns the work dir."""
+    then chroot into it, with the text ``program`` written to ``solution`` in its (tmpfs) work
+    directory. The program (a non-root uid with no capabilities once this returns) cannot leave
+    the chroot, see the host's files or reach any network. Returns the work dir."""
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
@@ -135,6 +130,10 @@ def _enter_jail(jail, uid):
     os.chdir(jail["work"])
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid program can give the uid back
     os.environ.update(HOME=jail["work"], TMPDIR=jail["work"])
+    with open(solution, "w", encoding="utf-8") as f:
+        f.write(program)
+    if uid is not None:
+        os.chown(solution, uid, uid)
     return jail["work"]
 
 

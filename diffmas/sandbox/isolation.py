@@ -101,15 +101,14 @@ class MemoryCgroup:
                 path.mkdir()
             except OSError:
                 continue
+            group = cls(path, path / events, counter)
             try:
                 for name in limit_files:
                     if (path / name).exists():
                         (path / name).write_text(str(limit_bytes))
-                group = cls(path, path / events, counter)
                 group.oom_kills()  # readable, or the counter is missing: not usable
                 return group
             except (OSError, ValueError):
-                group = cls(path, path / events, counter)
                 group.remove()
         return None
 

@@ -92,13 +92,13 @@ def run_program(
     drop = mode != "guards"
     if drop and os.geteuid() != 0:
         raise SandboxError(f"isolation {mode!r} needs root (to switch to a throw-away uid); use 'guards'")
-    if python is not None:
+    if python is None:
+        python, jail = _interpreter(mode, tuple(requires))
+    else:
         jail = mode == "namespaces"
         if jail and not _jail_works(python):
             raise SandboxError(f"isolation 'namespaces' does not work here with {python}")
-        return _run(program, limits, run_name, drop, python, jail, data)
-    interpreter, jail = _interpreter(mode, tuple(requires))
-    return _run(program, limits, run_name, drop, interpreter, jail, data)
+    return _run(program, limits, run_name, drop, python, jail, data)
 
 
 def isolation_mode() -> str:
