@@ -245,6 +245,28 @@ class TrainedCheckpoint:
         return comm
 
 
+def hub_id_of(name: str) -> str | None:
+    """The Hugging Face id of a model as the user named it: a registry name's hub id, a hub id
+    itself (``owner/name`` that is no local directory), else None (a local model)."""
+    from diffmas.models.registry import get_offline_model
+
+    entry = get_offline_model(name)
+    if entry is not None:
+        return entry.hub_id
+    return name if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/")) else None
+
+
+def trained_base_model(manifest: dict) -> str | None:
+    """The model to load for a checkpoint: the name it was trained with where that still works
+    here (a registry name, a hub id, an existing directory), else its hub id."""
+    from diffmas.models.registry import get_offline_model
+
+    name = manifest.get("base_model")
+    if name and (get_offline_model(name) is not None or Path(name).exists() or hub_id_of(name) == name):
+        return name
+    return manifest.get("base_model_hub_id") or name
+
+
 # What runs saved by earlier versions, whose config.json and manifest lack these keys, did.
 BEFORE_WRITTEN = {"repeat_question": True}
 

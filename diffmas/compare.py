@@ -28,6 +28,7 @@ SUMMARY = "summary.json"
 COLUMNS = [
     "run",
     "method",
+    "model",
     "task",
     "n",
     "accuracy",
@@ -104,6 +105,7 @@ def rows_of(summaries: list[dict]) -> list[dict]:
             {
                 "run": s["_run"],
                 "method": s["method"],
+                "model": s.get("model") or (s.get("config") or {}).get("model"),
                 "task": s.get("task"),
                 "n": s.get("n"),
                 "accuracy": s["accuracy"],
@@ -207,6 +209,7 @@ def _cells(row: dict) -> list[str]:
     return [
         row["run"],
         row["method"],
+        str(row["model"] or "-"),
         str(row["task"]),
         str(row["n"]),
         f"{100 * row['accuracy']:.1f}%",
@@ -226,6 +229,7 @@ def _cells(row: dict) -> list[str]:
 HEADER = [
     "run",
     "method",
+    "model",
     "task",
     "n",
     "accuracy",
@@ -299,10 +303,22 @@ img {{ max-width: 100%; }}
 """)
 
 
-def compare(paths: list[str | Path], out: str | Path, title: str = "DiffMAS comparison") -> dict:
+def default_title(summaries: list[dict]) -> str:
+    """What the runs are: their task(s) and model(s), e.g. "gsm8k on qwen2.5-coder-0.5b-instruct: 5 runs"."""
+
+    def names(key: str) -> str:
+        found = dict.fromkeys(str(s.get(key) or (s.get("config") or {}).get(key) or "?") for s in summaries)
+        return ", ".join(found)
+
+    return f"{names('task')} on {names('model')}: {len(summaries)} runs"
+
+
+def compare(paths: list[str | Path], out: str | Path, title: str | None = None) -> dict:
     """Write comparison.md (with the paired table where runs have records), comparison.csv,
-    paired.csv, accuracy.png and report.html to ``out``."""
+    paired.csv, accuracy.png and report.html to ``out``. ``title``: of the plot and the report
+    (default: the runs' tasks and models)."""
     summaries = load_runs(paths)
+    title = title or default_title(summaries)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,14 @@ import torch
 from diffmas.config import option
 from diffmas.kv_trace import SharedKVCache
 from diffmas.models import stop_token_ids
+from diffmas.models.registry import DEFAULT_MODEL
 
 
 @dataclass
 class ModelConfig:
     """Which model to load and how: shared by evaluation, `run` and training configs."""
 
-    model: str = option("qwen2.5-coder-0.5b-instruct", "registry name, Hugging Face id or local directory")
+    model: str = option(DEFAULT_MODEL, "registry name, Hugging Face id or local directory")
     dtype: str = option("bfloat16", "bfloat16 | float32 | float16 | auto")
     device: str = option("cpu", "torch device")
     cache_dir: str | None = option(None, "where de-quantised offline models are cached")

@@ -20,7 +20,7 @@ from diffmas.config import option
 from diffmas.decoding import AnswerCue
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.methods import SetupConfig
+from diffmas.methods import Method, SetupConfig
 from diffmas.options import DataOptions, OutputOptions, check_samples
 from diffmas.records import (
     RECORDS,
@@ -103,6 +103,13 @@ def answer_cue(task: Task, lm: LM, examples: Callable[[], list[Example]]) -> Ans
     return AnswerCue(task.answer_cue, token_ids(task.answer_cue), readable, choices=choices, close_ids=token_ids("}"))
 
 
+def stream_answers(method: Method, examples: list[Example], cfg: EvalConfig, cue: AnswerCue | None):
+    """(index into ``examples``, trace) as each answer finishes, batched as ``cfg`` says: the one
+    way answers are produced, for ``diffmas eval`` and for :class:`diffmas.api.System`."""
+    questions, ids = [ex.question for ex in examples], [ex.id for ex in examples]
+    return method.run_stream(questions, ids, cfg.batch_size, cfg.refill, cfg.by_length, cue)
+
+
 def _prepare_out(cfg: EvalConfig) -> Path:
     out = cfg.out_dir()
     try:
@@ -148,7 +155,9 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     """Evaluate ``cfg.method`` on ``cfg.task``; returns the summary (also written to disk)."""
     started = time.perf_counter()
     task = get_task(cfg.task)
-    loaded = task.load(split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset)
+    loaded = task.load(
+        split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset, fields=cfg.fields
+    )
     out = _prepare_out(cfg)
     with RunLock(out, f"diffmas eval --method {cfg.method}"):
         _check_resume(out, cfg)
@@ -160,8 +169,8 @@ def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, pr
     total = len(loaded.examples) * cfg.samples
     lm = lm or cfg.load_lm()
     method = cfg.build_method(lm, task)
-    if cfg.repeat_question is None:  # record it as resolved (diffmas: as its adapters were trained)
-        cfg = replace(cfg, repeat_question=method.config.repeat_question)
+    # Record what was resolved when the method was built (diffmas: as its adapters were trained).
+    cfg = replace(cfg, repeat_question=method.config.repeat_question, latent_steps=method.config.latent_steps)
     torch.manual_seed(cfg.seed)
     todo: list[Example] = []
     cue = answer_cue(task, lm, lambda: todo) if cfg.answer_cue else None
@@ -176,16 +185,11 @@ def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, pr
         for sample in range(cfg.samples):
             method.config.seed = cfg.seed + 7919 * sample  # each sample draws its own tokens
             todo = [ex for ex in loaded.examples if (ex.id, sample) not in done]
-            stream = method.run_stream(
-                [ex.question for ex in todo], [ex.id for ex in todo], cfg.batch_size, cfg.refill, cfg.by_length, cue
-            )
-            t0 = time.perf_counter()
+            stream = stream_answers(method, todo, cfg, cue)
             for i, trace in stream:
-                # Answers finish one by one, batches overlap: each record gets the wall time since
-                # the previous one, so that the records' seconds add up to the method's time.
-                now = time.perf_counter()
-                record = make_record(todo[i], trace, task, now - t0)
-                t0 = now
+                # Each problem's share of the compute (Method.run_stream): batches overlap, so the
+                # wall time between two finished answers would charge one row for many.
+                record = make_record(todo[i], trace, task, trace.seconds or 0.0)
                 if cfg.samples > 1:
                     record["sample"] = sample
                 fh.write(json.dumps(record) + "\n")
@@ -221,7 +225,9 @@ def saved_run(out: Path) -> tuple[dict, EvalConfig, Task, LoadResult, list[dict]
     if cfg.data_path is None and Path(old.get("source") or "").is_file():
         cfg.data_path = old["source"]  # the same local file the run read, wherever DIFFMAS_DATA_DIR points now
     task = get_task(cfg.task)
-    loaded = task.load(split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset)
+    loaded = task.load(
+        split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset, fields=cfg.fields
+    )
     ids = {ex.id for ex in loaded.examples}
     records = read_records(out / RECORDS)
     for r in records:

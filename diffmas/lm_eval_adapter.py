@@ -1,30 +1,37 @@
-"""Run any DiffMAS method inside lm-evaluation-harness (``lm_eval``), on its generative tasks.
+"""Run any DiffMAS method inside lm-evaluation-harness (``lm_eval``): generative and likelihood tasks.
 
-lm_eval hands the model a list of requests, each a prompt (the task's formatted context, with any
-few-shot examples) and generation arguments (``until`` strings, ``max_gen_toks``, sampling). The
-adapter passes each prompt as the *question* to a DiffMAS method (``single``, ``text_mas``,
-``latent_mas`` or a trained ``diffmas`` / ``single_sft``), batched, and returns the final agent's
-text cut at the first ``until`` string. lm_eval's own filters and metrics then score it.
+lm_eval hands the model a list of requests. ``generate_until``: each prompt (the task's formatted
+context, with any few-shot examples) becomes the *question* of a DiffMAS method (``single``,
+``text_mas``, ``latent_mas`` or a trained ``diffmas`` / ``single_sft``), batched, and the final
+agent's text comes back cut at the first ``until`` string. ``loglikelihood``: the method builds its
+whole context for the prompt (the upstream agents' trace included) and the final agent reads the
+continuation on top of it (:meth:`diffmas.methods.base.Method.score`); a question's context is
+built once for all its options. ``loglikelihood_rolling``: the text, in windows that fit the
+context, read as the final agent's answer to an empty question. lm_eval's own filters and
+metrics then score it.
 
-From Python::
+From the shell, lm_eval's own command line with the model registered::
+
+    diffmas lm-eval --model diffmas --model_args method=text_mas --batch_size 8 --tasks gsm8k,arc_easy
+
+``lm_eval --model diffmas`` itself cannot find the model: lm_eval 0.4 knows the models of its
+own table and those registered by code already imported, and its command line imports no user
+code (``--include_path`` reads task YAML files only). ``diffmas lm-eval`` is lm_eval's command
+line (every flag the same) after ``import diffmas.lm_eval_adapter``. From Python::
 
     import lm_eval
     import diffmas.lm_eval_adapter  # registers the model name "diffmas"
     lm_eval.simple_evaluate(model="diffmas", model_args="method=latent_mas,latent_steps=10", tasks=["gsm8k"])
 
-From the shell (lm_eval's own command line, with the model registered first)::
-
-    python -m diffmas.lm_eval_adapter run --model diffmas --model_args method=text_mas --batch_size 8 --tasks gsm8k
-
 (On lm_eval's command line the batch size is its own ``--batch_size``, not a model argument.)
-
-Only ``generate_until`` is supported: a multi-agent system produces text, not the likelihood of a
-given continuation, so loglikelihood tasks (most multiple-choice ones in lm_eval) raise a clear
-error; use their generative variants or ``diffmas eval``.
+With ``--apply_chat_template`` lm_eval's messages (system prompt, few-shot turns, the question)
+are folded into one question: every agent already speaks in the model's chat template, with its
+own role prompt around the question.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import fields
 from types import SimpleNamespace
@@ -38,6 +45,8 @@ from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.methods import SetupConfig, build_method
 from diffmas.prompts import DEFAULT_ANSWER_FORMAT
+
+logger = logging.getLogger(__name__)
 
 # What the final agent is told about the answer's form. lm_eval's tasks extract answers their own
 # way (for example the last number of the text), so the default asks for a plain final line.
@@ -73,7 +82,7 @@ class DiffMASHarnessLM(HarnessLM):
         device = str(options.get("device") or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             # lm_eval's command line asks for "cuda" unless told otherwise (--device cpu).
-            print(f"note: device {device!r} is not available here; running on the CPU", file=sys.stderr)
+            logger.warning("device %r is not available here; running on the CPU", device)
             device = "cpu"
         options["device"] = device
         self.setup = from_dict(SetupConfig, options)
@@ -128,18 +137,84 @@ class DiffMASHarnessLM(HarnessLM):
             bar.close()
         return results  # type: ignore[return-value]
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        raise DiffMASError(_NO_LIKELIHOOD)
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = [(req.args[0], req.args[1]) for req in requests]
+        return self._score(pairs, disable_tqdm, "loglikelihood")
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        raise DiffMASError(_NO_LIKELIHOOD)
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        # Each text in windows that leave room for the (empty-question) context; window sums add up.
+        tok, lm = self.lm.tokenizer, self.lm
+        room = max(1, lm.max_positions - self._empty_context_length())
+        pieces, owner = [], []
+        for i, req in enumerate(requests):
+            ids = tok(req.args[0], add_special_tokens=False)["input_ids"]
+            for start in range(0, max(len(ids), 1), room):
+                pieces.append(("", ids[start : start + room]))
+                owner.append(i)
+        totals = [0.0] * len(requests)
+        for i, (logp, _) in zip(owner, self._score(pieces, disable_tqdm, "loglikelihood_rolling")):
+            totals[i] += logp
+        return totals
+
+    def _score(self, pairs: list[tuple[str, str | list[int]]], disable_tqdm: bool, what: str):
+        import torch
+
+        # Requests of one context (a question's options) go together, and each batch holds at
+        # most batch_size distinct contexts: their trace is built once (Method.score).
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        bar = tqdm(total=len(pairs), disable=disable_tqdm, desc=f"diffmas {self.setup.method} {what}")
+        batch: list[int] = []
+
+        def flush() -> None:
+            with torch.inference_mode():
+                scores = self.method.score([pairs[i][0] for i in batch], [pairs[i][1] for i in batch])
+            for i, s in zip(batch, scores):
+                out[i] = s
+            bar.update(len(batch))
+            batch.clear()
+
+        for i in order:
+            if batch and pairs[i][0] != pairs[batch[-1]][0] and len({pairs[j][0] for j in batch}) >= self.batch_size:
+                flush()
+            batch.append(i)
+        if batch:
+            flush()
+        bar.close()
+        return out
+
+    def _empty_context_length(self) -> int:
+        """Positions the method's context takes for an empty question (plus one for safety)."""
+        import torch
+
+        with torch.inference_mode():
+            ctx = self.method.build_context([""])
+        return int(ctx.cache.real_lengths()[0]) + 1
+
+    # -- chat templates (--apply_chat_template) -------------------------------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.lm.tokenizer, "name_or_path", "diffmas")).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.lm.tokenizer, "chat_template", None) if chat_template else None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return fold_messages(chat_history)
 
 
-_NO_LIKELIHOOD = (
-    "the diffmas model supports only generative lm_eval tasks (output_type: generate_until): a "
-    "multi-agent system writes text and assigns no likelihood to a given continuation; pick the "
-    "task's generative variant (e.g. gsm8k, arc_challenge_chat) or use `diffmas eval`"
-)
+def fold_messages(chat_history: list[dict[str, str]]) -> str:
+    """lm_eval's chat messages as one question: the system prompt first, earlier turns (few-shot
+    examples) as a transcript, the last user message last. The agents put their own role prompts
+    and the model's chat template around it."""
+    parts = []
+    for message in chat_history:
+        role, content = message.get("role", "user"), str(message.get("content", ""))
+        if role == "system" or message is chat_history[-1]:
+            parts.append(content)
+        else:
+            parts.append(f"{role.capitalize()}: {content}")
+    return "\n\n".join(p for p in parts if p)
 
 
 def _until(value) -> list[str]:
@@ -159,7 +234,7 @@ def cut(text: str, until: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """lm_eval's command line with the ``diffmas`` model registered."""
+    """lm_eval's command line with the ``diffmas`` model registered (``diffmas lm-eval``)."""
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]

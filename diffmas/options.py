@@ -25,6 +25,11 @@ class TaskOptions:
 class DataOptions(TaskOptions):
     split: str | None = option(None, "data split (default: the task's own default)")
     data_path: str | None = option(None, "read the task's data from this local file")
+    fields: str | None = option(
+        None,
+        "the data's field names for the task's, TASK_FIELD=FILE_FIELD comma-separated (e.g. "
+        "question=prompt,answer=solution); rows without a task's field are refused with the file's field names",
+    )
     offset: int | None = option(None, "skip the first N examples; negative: keep only the last |N|")
     limit: int | None = option(None, "use at most N examples (after --offset)")
 
@@ -57,7 +62,18 @@ class OutputOptions:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        return Path(self.default_out.format(**{f.name: getattr(self, f.name) for f in fields(self)}))
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(values.get("task"), str):
+            values["task"] = task_label(values["task"])
+        return Path(self.default_out.format(**values))
+
+
+def task_label(task: str) -> str:
+    """A task as a file name: a task file by its name (``configs/tasks/shop.yaml`` -> ``shop``),
+    a Python task by its class (``pkg.tasks:Mine`` -> ``Mine``), a registered task as it is."""
+    if task.endswith((".yaml", ".yml")):
+        return Path(task).name.split(".")[0]
+    return task.rpartition(":")[2] or task
 
 
 @dataclass

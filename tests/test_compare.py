@@ -55,12 +55,15 @@ def test_compare_writes_table_csv_plot_and_html(runs, tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "comparison.csv")))
     summaries = {m: json.loads((runs / m / "summary.json").read_text()) for m in ("single", "latent_mas")}
     assert [r["method"] for r in rows] == ["single", "latent_mas"]
+    assert all(r["model"] == summaries[r["method"]]["model"] for r in rows)
     for row in rows:
         assert float(row["accuracy"]) == summaries[row["method"]]["accuracy"]
         assert float(row["generated_tokens"]) == summaries[row["method"]]["mean_generated_tokens"]
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and 'src="http' not in page  # self-contained
+    task, model = summaries["single"]["task"], summaries["single"]["model"]
+    assert f"<title>{task} on {model}: 2 runs</title>" in page  # the default title says what was compared
     # A parent directory of runs works too, and the same run twice gets distinct labels.
     assert main(["compare", str(runs), str(runs / "single"), "--out", str(tmp_path / "c2")]) == 0
     labels = [r["run"] for r in csv.DictReader(open(tmp_path / "c2" / "comparison.csv"))]

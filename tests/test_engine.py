@@ -483,3 +483,27 @@ def test_forward_uses_the_supported_cache_argument(tiny_qwen):
         with torch.no_grad():
             lm.prefill(cache, "Solver", [[1, 2, 3]])
     assert len(cache) == 3
+
+
+@torch.no_grad()
+def test_each_answer_is_charged_its_share_of_the_compute(tiny_qwen, monkeypatch):
+    """With a clock that ticks one second per reading, a batch's preparation costs one second,
+    shared by its rows, and each decoding step one second, shared by the rows it ran: no row is
+    charged for the others, and the shares add up to the time spent."""
+    import itertools
+
+    from diffmas.methods import base
+
+    lm = LM(*tiny_qwen)
+    method = SingleAgent(lm, MethodConfig(max_new_tokens=6, min_new_tokens=1), answer_format="Answer.")
+    questions = QUESTIONS * 2
+    plain = dict(method.run_stream(questions, batch_size=3, refill=0.0))
+    clock = itertools.count()
+    monkeypatch.setattr(base, "_clock", lambda: float(next(clock)))
+    charged = dict(method.run_stream(questions, batch_size=3, refill=0.0))
+    assert [charged[i].final_text for i in range(len(questions))] == [
+        plain[i].final_text for i in range(len(questions))
+    ]
+    readings = next(clock)  # two per timed phase
+    assert sum(t.seconds for t in charged.values()) == pytest.approx(readings / 2)
+    assert all(t.seconds >= 1 / 3 + 1 / 3 for t in charged.values())  # its preparation share and >= 1 step

@@ -344,3 +344,21 @@ def test_answer_cue_of_each_task_family(tiny_qwen):
     math = answer_cue(get_task("gsm8k"), lm, lambda: [Example("m", "1+1?", "2")])
     assert math.choices(0) is None and math.readable(0, "\\boxed{2}")
     assert answer_cue(get_task("mbpp"), lm, lambda: []) is None  # code: no cue
+
+
+def test_messages_go_through_logging_quiet_by_default(capsys):
+    import logging
+
+    from diffmas import logs
+
+    assert main(["tasks"]) == 0
+    assert logging.getLogger("diffmas").level == logging.WARNING
+    log = logging.getLogger("diffmas.test")
+    log.info("hidden by default")
+    log.warning("shown by default")
+    assert main(["-v", "tasks"]) == 0 and logging.getLogger("diffmas").level == logging.INFO
+    log.info("shown with -v")
+    assert main(["tasks", "-vv"]) == 0 and logging.getLogger("diffmas").level == logging.DEBUG
+    err = capsys.readouterr().err
+    assert "warning: shown by default" in err and "info: shown with -v" in err and "hidden" not in err
+    logs.configure(0)

@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "diffmas"
 
 LAYERS: list[set[str]] = [
-    {"errors", "config", "prompts", "rundir"},
+    {"errors", "config", "prompts", "rundir", "logs"},
     {"options", "agents", "sandbox", "tasks", "kernels"},
     {"models", "kv_trace"},
     {"engine"},
@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"records"},
     {"train", "evaluate"},
     {"report"},
-    {"compare", "demo", "lm_eval_adapter"},
+    {"compare", "demo", "lm_eval_adapter", "api"},
     {"cli", "__main__"},
 ]
 LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}

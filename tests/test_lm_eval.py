@@ -12,7 +12,7 @@ pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (t
 from diffmas.agents import load_system  # noqa: E402
 from diffmas.engine import LM  # noqa: E402
 from diffmas.errors import DiffMASError  # noqa: E402
-from diffmas.lm_eval_adapter import DiffMASHarnessLM, cut  # noqa: E402
+from diffmas.lm_eval_adapter import DiffMASHarnessLM, cut, fold_messages  # noqa: E402
 from diffmas.methods import LatentMAS, MethodConfig  # noqa: E402
 from diffmas.models import load_model  # noqa: E402
 
@@ -76,9 +76,81 @@ def test_adapter_errors_and_stop_strings(tiny_model_dir):
     assert cut("no stop here", []) == "no stop here"
     with pytest.raises(DiffMASError, match="unknown model_args"):
         DiffMASHarnessLM(model=tiny_model_dir, latent_step=3)
-    lm = DiffMASHarnessLM(model=tiny_model_dir, dtype="float32", method="single")
-    with pytest.raises(DiffMASError, match="generate_until"):
-        lm.loglikelihood([])
+    assert fold_messages([{"role": "user", "content": "q"}]) == "q"
+    history = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "2+2?"},
+    ]
+    assert fold_messages(history) == "Be brief.\n\nUser: 1+1?\n\nAssistant: 2\n\n2+2?"
+
+
+MC_TASK = """task: diffmas_local_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+"""
+MC_DOCS = [
+    {"question": "1+1?", "choices": ["2", "3", "11"], "label": 0},
+    {"question": "Sky colour?", "choices": ["blue", "green"], "label": 0},
+]
+
+
+@pytest.mark.parametrize("method", ["single", "latent_mas"])
+def test_local_multiple_choice_task_scores_each_option_on_the_trace(tiny_model_dir, tmp_path, monkeypatch, method):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mc.yaml").write_text(MC_TASK.format(data=data))
+    model = DiffMASHarnessLM(model=tiny_model_dir, dtype="float32", method=method, latent_steps=2, batch_size=1)
+    results = lm_eval.simple_evaluate(
+        model=model,
+        tasks=["diffmas_local_choice"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        log_samples=True,
+    )
+    assert 0.0 <= results["results"]["diffmas_local_choice"]["acc,none"] <= 1.0
+    samples = {s["doc"]["question"]: s for s in results["samples"]["diffmas_local_choice"]}
+    # Each option's log-likelihood is what the final agent gives it on top of the method's trace.
+    for doc in MC_DOCS:
+        prompt = f"Question: {doc['question']}\nAnswer:"
+        with torch.inference_mode():
+            expected = model.method.score([prompt] * len(doc["choices"]), [" " + c for c in doc["choices"]])
+        got = [r[0] for r in samples[doc["question"]]["resps"]]
+        assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-4)
+        assert all(lp < 0 for lp, _ in expected)
+
+
+def test_rolling_likelihood_sums_its_windows(tiny_model_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    model = DiffMASHarnessLM(model=tiny_model_dir, dtype="float32", method="single")
+    text = "one two three four five six seven eight nine ten"
+    ids = model.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    (whole,) = model.loglikelihood_rolling([SimpleNamespace(args=(text,))], disable_tqdm=True)
+    with torch.inference_mode():
+        assert whole == pytest.approx(model.method.score([""], [ids])[0][0], abs=1e-4)
+    # A text longer than the room the context leaves is read in windows whose sums add up.
+    room = 4
+    monkeypatch.setattr(type(model), "_empty_context_length", lambda self: self.lm.max_positions - room)
+    (windowed,) = model.loglikelihood_rolling([SimpleNamespace(args=(text,))], disable_tqdm=True)
+    with torch.inference_mode():
+        parts = [model.method.score([""], [ids[i : i + room]])[0][0] for i in range(0, len(ids), room)]
+    assert windowed == pytest.approx(sum(parts), abs=1e-4)
+    assert windowed != pytest.approx(whole, abs=1e-3)
 
 
 def test_lm_eval_command_line_with_the_model_registered(tiny_model_dir, tmp_path):
@@ -95,8 +167,8 @@ def test_lm_eval_command_line_with_the_model_registered(tiny_model_dir, tmp_path
     cmd = [
         sys.executable,
         "-m",
-        "diffmas.lm_eval_adapter",
-        "run",
+        "diffmas",
+        "lm-eval",
         "--model",
         "diffmas",
         "--model_args",
@@ -107,6 +179,7 @@ def test_lm_eval_command_line_with_the_model_registered(tiny_model_dir, tmp_path
         "diffmas_local_arith",
         "--include_path",
         str(tmp_path / "tasks"),
+        "--apply_chat_template",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -162,3 +162,22 @@ def test_accelerate_launch_runs_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "rng-0.pt").is_file() and (out / "final" / "rng-1.pt").is_file()
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_launch_that_starts_one_of_several_processes_is_named(monkeypatch, caplog):
+    """`accelerate launch --num_processes 2` without --multi_gpu runs one process: say so."""
+    import logging
+
+    from diffmas.train.distributed import Distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with caplog.at_level(logging.INFO, logger="diffmas"):
+        assert Distributed.from_env("cpu").world == 1
+    assert "started 1 process although more were asked for" in caplog.text and "--multi_gpu" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("MASTER_ADDR")
+    with caplog.at_level(logging.INFO, logger="diffmas"):
+        Distributed.from_env("cpu")
+    assert "although" not in caplog.text and "training on 1 process" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 
+from diffmas import logs
 from diffmas.errors import DiffMASError
 
 SUBCOMMANDS = {
@@ -14,21 +15,32 @@ SUBCOMMANDS = {
     "eval": ("diffmas.cli.eval", "evaluate a method on a task"),
     "rescore": ("diffmas.cli.rescore", "score saved evaluation outputs again with the current answer extraction"),
     "compare": ("diffmas.cli.compare", "compare evaluation runs: table, CSV, plots, HTML report"),
-    "collect": ("diffmas.cli.collect", "keep the correct trajectories of a sampled text multi-agent teacher"),
+    "collect": ("diffmas.cli.collect", "rejection sampling: keep the correct answers of a sampled teacher"),
     "train": ("diffmas.cli.train", "train a latent multi-agent system (or the single-agent control)"),
+    "export": ("diffmas.cli.export", "a trained run's inference files with a model card (and the hub)"),
+    "lm-eval": ("diffmas.cli.lm_eval", "lm-evaluation-harness's command line with the diffmas model"),
     "demo": ("diffmas.cli.demo", "the main job: compare every method on built-in data"),
 }
 
 
 def usage() -> str:
     lines = ["usage: diffmas <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-    lines += ["", "Run `diffmas <command> --help` for the options of a command."]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `diffmas <command> --help` for the options of a command; -v (or -vv) for more messages."]
     return "\n".join(lines)
+
+
+VERBOSE = {"-v": 1, "--verbose": 1, "-vv": 2, "-vvv": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # -v / -vv before the command or among its options (lm-eval's options are all lm_eval's own).
+    command_at = next((i for i, a in enumerate(argv) if a not in VERBOSE), len(argv))
+    ours = len(argv) if argv[command_at : command_at + 1] != ["lm-eval"] else command_at
+    verbosity = sum(VERBOSE.get(a, 0) for a in argv[:ours])
+    argv = [a for i, a in enumerate(argv) if not (i < ours and a in VERBOSE)]
+    logs.configure(verbosity)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -20,7 +20,9 @@ def main(argv: list[str]) -> int:
         help="run directories written by `diffmas eval --out` (or `diffmas demo`), or summary.json files",
     )
     parser.add_argument("--out", default="runs/compare", help="where the CSV, plot and HTML report go")
-    parser.add_argument("--title", default="DiffMAS comparison")
+    parser.add_argument(
+        "--title", default=None, help="of the plot and the report (default: the runs' tasks and models)"
+    )
     args = parser.parse_args(argv)
     result = compare(args.runs, args.out, args.title)
     print(result["table"])

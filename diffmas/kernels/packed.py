@@ -24,6 +24,7 @@ dimension in the same order whatever the number of output rows; tests/test_packe
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -33,8 +34,17 @@ from torch import nn
 from diffmas.kernels.rows import at_least_rows
 
 
-def packing_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+@functools.cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN can pack ``dtype`` weights here: its bfloat16 path needs AVX512-BW/VL or
+    AVX-NE-CONVERT, so on an AVX2-only CPU bfloat16 layers keep ``F.linear``."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Linear):
@@ -154,7 +164,8 @@ def make_packed(module: nn.Linear, pack: bool = True) -> PackedLinear:
     (for the row padding of batch-invariant inference alone)."""
     module.__class__ = PackedLinear
     # A layer told not to pack behaves as one whose packing failed: F.linear from the start.
-    module._packed, module._packed_key, module._packing_failed = None, None, not (pack and packing_available())
+    packable = module.weight.dtype in (torch.bfloat16, torch.float32) and packing_available(module.weight.dtype)
+    module._packed, module._packed_key, module._packing_failed = None, None, not (pack and packable)
     module._packed_t = None
     module._siblings = None
     module._min_rows = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -13,14 +14,21 @@ from diffmas.decoding import AnswerCue, DecodePool, Finished, Sampling, decode_r
 from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.kv_trace import SharedKVCache
+from diffmas.methods.scoring import continuation_scores
 from diffmas.options import SamplingOptions
+from diffmas.prompts import DEFAULT_ANSWER_FORMAT
 
 ABLATIONS = ("shuffle", "mask-latents", "mask")
+DEFAULT_LATENT_STEPS = 10
+_clock = time.perf_counter  # what run_stream charges answers with (a test replaces it)
 
 
 @dataclass
 class MethodConfig(SamplingOptions):
-    latent_steps: int = option(10, "latent steps per upstream agent (latent_mas)")
+    latent_steps: int | None = option(
+        None,
+        f"latent steps per upstream agent (default: {DEFAULT_LATENT_STEPS}; diffmas: as its adapters were trained)",
+    )
     realign: bool = option(True, "map hidden states into the input-embedding space before feeding them back")
     max_new_tokens: int = option(512, "token budget of the agent that writes the answer")
     agent_max_new_tokens: int = option(256, "token budget of each intermediate text agent (text_mas)")
@@ -51,7 +59,7 @@ class MethodConfig(SamplingOptions):
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.latent_steps <= 1024:
+        if self.latent_steps is not None and not 0 <= self.latent_steps <= 1024:
             raise DiffMASError(f"latent_steps must be in [0, 1024], got {self.latent_steps}")
         for name in ("max_new_tokens", "agent_max_new_tokens"):
             if getattr(self, name) < 1:
@@ -90,6 +98,9 @@ class Trace:
 
     final_text: str
     agents: list[AgentTrace] = field(default_factory=list)
+    # This problem's share of the compute time (Method.run_stream): of its batch's preparation, an
+    # equal share, and of every decoding step it was in, an equal share with the rows beside it.
+    seconds: float | None = None
 
     @property
     def generated_tokens(self) -> int:
@@ -186,14 +197,19 @@ class Method:
         config: MethodConfig | None = None,
         *,
         family: str = "math",
-        answer_format: str,
+        answer_format: str | None = None,
         system: SystemSpec | None = None,
         adapter: str | None = None,
     ):
         self.lm = lm
         self.config = config or MethodConfig()
+        if self.config.latent_steps is None:  # trained methods resolve it from their checkpoint first
+            self.config = replace(self.config, latent_steps=DEFAULT_LATENT_STEPS)
+        if family not in DEFAULT_ANSWER_FORMAT:
+            raise DiffMASError(f"family must be one of {sorted(DEFAULT_ANSWER_FORMAT)}, got {family!r}")
         self.family = family
-        self.answer_format = answer_format
+        # What the answering agent is told about the answer's form; by default its family's.
+        self.answer_format = DEFAULT_ANSWER_FORMAT[family] if answer_format is None else answer_format
         self.system = system
         self.adapter = adapter
         if self.uses_system and system is None:
@@ -249,6 +265,41 @@ class Method:
             ctx.cache, ctx.last_hidden, ctx.agent, cfg.max_new_tokens, cfg.sampling(offset=ctx.sampling_offset), finish
         )
 
+    def score(
+        self, questions: list[str], continuations: list[str] | list[list[int]], ids: list[str] | None = None
+    ) -> list[tuple[float, bool]]:
+        """Per question: the answering agent's summed log-probability of its continuation (text,
+        tokenised without special tokens, or token ids) read on top of the method's whole context,
+        and whether greedy decoding would write it. An empty continuation scores (0.0, True).
+        Call under ``torch.inference_mode()`` (or ``no_grad``), as :meth:`run`."""
+        if len(continuations) != len(questions):
+            raise DiffMASError(f"got {len(continuations)} continuations for {len(questions)} questions")
+        tok = self.lm.tokenizer
+        cont = [
+            list(c) if not isinstance(c, str) else tok(c, add_special_tokens=False)["input_ids"] for c in continuations
+        ]
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(questions)
+        rows = [b for b, c in enumerate(cont) if c]
+        if not rows:
+            return out
+        # Each distinct question's context is built once and its rows repeated for every
+        # continuation it is asked about (a multiple-choice question's options).
+        unique: dict[str, int] = {}
+        for b in rows:
+            unique.setdefault(questions[b], len(unique))
+        firsts = list(unique)
+        reserve = [max(len(cont[b]) for b in rows if questions[b] == q) for q in firsts]
+        first_ids = None if ids is None else [ids[questions.index(q)] for q in firsts]
+        ctx = self.build_context(firsts, first_ids, reserve=reserve, reserve_what="the continuation")
+        index = torch.tensor([unique[questions[b]] for b in rows])
+        ctx.cache.select_rows(index)
+        scores = continuation_scores(
+            self.lm, ctx.cache, ctx.agent, ctx.last_hidden[index.to(ctx.last_hidden.device)], [cont[b] for b in rows]
+        )
+        for b, s in zip(rows, scores):
+            out[b] = s
+        return out
+
     def run(self, questions: list[str], ids: list[str] | None = None) -> list[Trace]:
         p = self.prepare(questions, ids)
         rows = decode_rows(self.lm, p.cache, p.agent, p.last_hidden, p.max_new_tokens, p.sampling)
@@ -294,20 +345,32 @@ class Method:
             )
         )
         start = 0
+        cost: dict[int, float] = {}  # index -> seconds charged so far
         while start < len(questions) or (pool is not None and len(pool)):
             # Traces with sliding-window layers cannot be merged: their batches take turns.
             joinable = pool is None or not len(pool) or (pool.cache.mergeable and len(pool) <= refill * batch_size)
             if start < len(questions) and joinable:
                 batch = order[start : start + batch_size]
+                t0 = _clock()
                 p = self.prepare([questions[i] for i in batch], [ids[i] for i in batch])
                 pool = pool or DecodePool(self.lm, p.agent, p.sampling, pool_cue)
                 keys = [(i, b, p.finish) for b, i in enumerate(batch)]
                 pool.add(p.cache, p.last_hidden, p.max_new_tokens, keys)
+                share = (_clock() - t0) / len(batch)
+                cost.update((i, share) for i in batch)
                 start += len(batch)
                 continue
-            for done in pool.step():
+            running = [key[0] for key in pool.keys]
+            t0 = _clock()
+            finished = pool.step()
+            share = (_clock() - t0) / len(running)
+            for i in running:
+                cost[i] += share
+            for done in finished:
                 index, row, finish = done.key
-                yield index, finished_trace(finish, row, done)
+                trace = finished_trace(finish, row, done)
+                trace.seconds = cost.pop(index)
+                yield index, trace
 
     def length_order(self, questions: list[str]) -> list[int]:
         """Indices of ``questions``, longest (in tokens) first; ties keep the given order."""

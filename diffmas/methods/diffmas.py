@@ -8,15 +8,17 @@ checkpoint. Without ``--system``/``--topology`` the system the adapters were tra
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import replace
 
 from diffmas.agents import SystemSpec
 from diffmas.checkpoint import TrainedCheckpoint, trained_repeat_question
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.methods.base import MethodConfig, missing_adapter
+from diffmas.methods.base import DEFAULT_LATENT_STEPS, MethodConfig, missing_adapter
 from diffmas.methods.latent_mas import LatentMAS
+
+logger = logging.getLogger(__name__)
 
 
 def open_checkpoint(method: str, adapter: str | None) -> TrainedCheckpoint:
@@ -36,7 +38,7 @@ class DiffMAS(LatentMAS):
         config: MethodConfig | None = None,
         *,
         family: str = "math",
-        answer_format: str,
+        answer_format: str | None = None,
         system: SystemSpec | None = None,
         adapter: str | None = None,
     ):
@@ -48,6 +50,8 @@ class DiffMAS(LatentMAS):
         config = config or MethodConfig()
         if config.repeat_question is None:  # not given: the prompts the adapters were trained on
             config = replace(config, repeat_question=trained_repeat_question(checkpoint))
+        if config.latent_steps is None:  # not given: as many latent steps as the adapters were trained with
+            config = replace(config, latent_steps=checkpoint.manifest.get("latent_steps", DEFAULT_LATENT_STEPS))
         super().__init__(lm, config, family=family, answer_format=answer_format, system=system, adapter=adapter)
         self.checkpoint = checkpoint
         self.adapters = checkpoint.attach(lm)
@@ -59,16 +63,20 @@ class DiffMAS(LatentMAS):
         checkpoint, cfg = self.checkpoint, self.config
         trained = checkpoint.manifest.get("latent_steps")
         if trained is not None and trained != cfg.latent_steps:
-            print(
-                f"note: {checkpoint.path} was trained with {trained} latent steps per agent; running with "
-                f"{cfg.latent_steps} (--latent-steps)",
-                file=sys.stderr,
+            logger.warning(
+                "%s was trained with %d latent steps per agent; running with %d (--latent-steps)",
+                checkpoint.path,
+                trained,
+                cfg.latent_steps,
             )
         repeat = trained_repeat_question(checkpoint)
         if repeat != cfg.repeat_question:
             flags = ("--no-repeat-question", "--repeat-question")
-            print(
-                f"note: {checkpoint.path} was trained with {flags[repeat]}; running with {flags[not repeat]}, so "
-                f"its agents see prompts they were not trained on (pass {flags[repeat]} to match)",
-                file=sys.stderr,
+            logger.warning(
+                "%s was trained with %s; running with %s, so its agents see prompts they were not trained on "
+                "(pass %s to match)",
+                checkpoint.path,
+                flags[repeat],
+                flags[not repeat],
+                flags[repeat],
             )

@@ -9,15 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from diffmas.agents import load_system
+from diffmas.checkpoint import read_manifest, resolve, trained_base_model
 from diffmas.config import option
 from diffmas.engine import LM, ModelConfig
 from diffmas.errors import DiffMASError, UnknownNameError
-from diffmas.methods.base import Method, MethodConfig
+from diffmas.methods.base import DEFAULT_LATENT_STEPS, Method, MethodConfig
 from diffmas.methods.diffmas import DiffMAS
 from diffmas.methods.latent_mas import LatentMAS
 from diffmas.methods.single import SingleAgent
 from diffmas.methods.single_sft import SingleSFT
 from diffmas.methods.text_mas import TextMAS
+from diffmas.models.registry import DEFAULT_MODEL
 from diffmas.options import SystemOptions
 from diffmas.tasks import Task
 
@@ -58,8 +60,24 @@ class SetupConfig(MethodConfig, ModelConfig, SystemOptions):
         "latent_mas", "single | text_mas | latent_mas | diffmas | single_sft (the last two: trained, with --adapter)"
     )
     adapter: str | None = option(
-        None, "trained adapters for diffmas / single_sft: a `diffmas train` output directory or one of its checkpoints"
+        None,
+        "trained adapters for diffmas / single_sft: a `diffmas train` output directory, one of its checkpoints or "
+        "a `diffmas export` folder (its base model, system and latent steps are used unless flags say otherwise)",
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        trained = self._trained_manifest()
+        if self.latent_steps is None:  # not given: as the adapters were trained, else the default
+            self.latent_steps = int((trained or {}).get("latent_steps", DEFAULT_LATENT_STEPS))
+        if trained is not None and self.model == DEFAULT_MODEL:
+            # Not given (or the default named): the model the adapters were trained on.
+            self.model = trained_base_model(trained) or self.model
+
+    def _trained_manifest(self) -> dict | None:
+        if self.adapter is None:
+            return None
+        return read_manifest(resolve(self.adapter))
 
     def method_config(self) -> MethodConfig:
         return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})

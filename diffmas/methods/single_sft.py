@@ -22,7 +22,7 @@ class SingleSFT(SingleAgent):
         config: MethodConfig | None = None,
         *,
         family: str = "math",
-        answer_format: str,
+        answer_format: str | None = None,
         system=None,
         adapter: str | None = None,
     ):

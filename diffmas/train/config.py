@@ -27,6 +27,7 @@ FIXED_ON_RESUME = (
     "task",
     "split",
     "data_path",
+    "fields",
     "offset",
     "limit",
     "exclude_last",

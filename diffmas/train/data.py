@@ -19,10 +19,11 @@ def load_examples(
     offset: int | None = None,
     limit: int | None = None,
     seed: int = 0,
+    fields: str | None = None,
 ) -> tuple[list[Example], str]:
     """The training examples and their source: the split without its last ``exclude_last``
     examples (held out for evaluation), then ``offset``/``limit`` as everywhere else."""
-    loaded = task.load(split=split, data_path=data_path, seed=seed)
+    loaded = task.load(split=split, data_path=data_path, seed=seed, fields=fields)
     examples = loaded.examples
     if exclude_last:
         if exclude_last >= len(examples):

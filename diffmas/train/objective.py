@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
-from diffmas.kv_trace import SharedKVCache
 from diffmas.methods import Method, TextMAS
+from diffmas.methods.scoring import teacher_force
 
 if TYPE_CHECKING:
     from diffmas.train.traces import TraceStore
@@ -79,37 +78,6 @@ def target_ids(lm: LM, text: str, close_turn: bool = True) -> list[int]:
     also learns where to stop."""
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     return list(ids) + ([end_of_turn_id(lm)] if close_turn else [])
-
-
-def teacher_force(
-    lm: LM, cache: SharedKVCache, agent: str, last_hidden: torch.Tensor, targets: list[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy of ``targets`` read by ``agent`` on top of ``cache``.
-
-    ``last_hidden`` (B, d) is the hidden state of the last token before the targets; it predicts
-    each target's first token. Targets are right-padded to width W: input column i holds target
-    token i (B, W-1 columns in all) and is real only if token i+1 exists, so pads are masked out
-    as keys and their outputs are never read. Returns the (B, W) cross-entropy (0 at pads) and the
-    (B, W) bool mask of target tokens. The output head runs on target positions only.
-    """
-    if any(len(t) == 0 for t in targets):
-        raise DiffMASError("every target needs at least one token")
-    width = max(len(t) for t in targets)
-    labels = torch.full((len(targets), width), -100, dtype=torch.long)
-    for b, t in enumerate(targets):
-        labels[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-    mask = labels >= 0  # (B, W)
-    states = [last_hidden[:, None, :]]  # states[:, i] predicts target token i
-    if width > 1:
-        new_real = mask[:, 1:].long()  # (B, W-1)
-        inputs = torch.where(mask[:, :-1], labels[:, :-1], torch.full_like(labels[:, :-1], lm.pad_id))
-        states.append(lm.forward_states(cache, agent, "text", new_real, input_ids=inputs.to(lm.device)))
-    hidden = torch.cat(states, dim=1)  # (B, W, d)
-    dev_mask = mask.to(hidden.device)
-    logits = lm.logits(hidden[dev_mask])  # (N, V), N = number of target tokens
-    nll = F.cross_entropy(logits, labels.to(hidden.device)[dev_mask], reduction="none")  # (N,)
-    per_token = torch.zeros(dev_mask.shape, dtype=nll.dtype, device=nll.device).masked_scatter(dev_mask, nll)
-    return per_token, dev_mask
 
 
 def trajectory_loss(

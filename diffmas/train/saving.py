@@ -24,6 +24,7 @@ from diffmas.checkpoint import (
     STATE,
     STEP_PREFIX,
     VERSION,
+    hub_id_of,
     model_signature,
     read_manifest,
     sha256,
@@ -51,6 +52,7 @@ def write_payload(
     from safetensors.torch import save_file
 
     adapters.peft_model.save_pretrained(str(tmp / ADAPTERS))
+    name_base_model(tmp / ADAPTERS, manifest)
     if comm is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in comm.state_dict().items()}, str(tmp / COMM))
     if state is not None:
@@ -64,6 +66,16 @@ def write_payload(
         if p.is_file()
     }
     (tmp / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
+
+
+def name_base_model(adapters_dir: Path, manifest: dict) -> None:
+    """Point each adapter_config.json at the base model by its Hugging Face id (PEFT writes the
+    path the weights were loaded from: here a local de-quantised copy no one else has)."""
+    base = manifest.get("base_model_hub_id") or manifest.get("base_model")
+    for config in sorted(adapters_dir.glob("*/adapter_config.json")):
+        data = json.loads(config.read_text())
+        data["base_model_name_or_path"] = base
+        config.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def commit(tmp: Path, dest: Path) -> None:
@@ -100,6 +112,10 @@ def manifest_of(
         "method": method,
         "step": step,
         "base_model": lm.name,
+        # Where the weights come from for a user elsewhere (adapter_config.json names it too),
+        # and the local copy they were loaded from here (offline use on this machine).
+        "base_model_hub_id": hub_id_of(lm.name),
+        "base_model_local_path": str(getattr(lm.model.config, "name_or_path", "") or "") or None,
         "base_signature": model_signature(lm),
         "agents": list(adapters.names),
         "adapters": dict(adapters.names),

@@ -13,12 +13,12 @@ writes logs and checkpoints, so every process holds the same adapters after ever
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,70 +38,14 @@ from diffmas.train import saving
 from diffmas.train.collect import load_trajectories
 from diffmas.train.config import FIXED_ON_RESUME, TrainConfig
 from diffmas.train.data import DataStream, TrainItem, build_items, load_examples
+from diffmas.train.distributed import Distributed
 from diffmas.train.memory import enable_mlp_checkpointing
 from diffmas.train.objective import TrajectoryLoss, role_loss, trajectory_loss
 from diffmas.train.traces import TraceStore, default_trace_dir
 
+logger = logging.getLogger(__name__)
+
 LOG = "log.jsonl"
-
-
-@dataclass
-class Distributed:
-    """This process's place among the data-parallel processes (rank 0 of 1 when alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, device: str) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def check_identical(self, tensors: list[torch.Tensor], what: str) -> None:
-        """Raise if the processes hold different values of ``tensors`` (a checksum per process,
-        gathered): data parallelism is only correct while every process has the same adapters."""
-        if self.world <= 1:
-            return
-        with torch.no_grad():
-            local = torch.stack([torch.stack([t.double().sum(), t.double().abs().sum()]) for t in tensors]).sum(0)
-        gathered = [torch.zeros_like(local) for _ in range(self.world)]
-        torch.distributed.all_gather(gathered, local)
-        if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise DiffMASError(
-                f"the {self.world} processes ended with different {what}: data-parallel training "
-                "went out of sync (were they started with different settings or code?)"
-            )
-
-    def mean_(self, tensors: list[torch.Tensor]) -> None:
-        """Average tensors across processes, in place (one all-reduce per dtype and device)."""
-        if self.world <= 1:
-            return
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.dtype, t.device), []).append(t)
-        for group in groups.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            torch.distributed.all_reduce(flat)
-            flat.div_(self.world)
-            offset = 0
-            for t in group:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
 
 
 def rng_state() -> dict:
@@ -140,7 +84,7 @@ class Trainer:
         self.out = cfg.out_dir()
         self.task = get_task(cfg.task)
         self.examples, self.source = load_examples(
-            self.task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit, cfg.seed
+            self.task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit, cfg.seed, cfg.fields
         )
         self.lm = lm or self._load_lm()
         seed_all(cfg.seed)  # the adapters' initialisation: identical in every process
@@ -203,10 +147,9 @@ class Trainer:
             return None
         if cfg.shared_adapter:  # the upstream agents write with the adapter being trained
             if self.dist.main:
-                print(
-                    "note: with --shared-adapter the upstream agents use the trained adapter, so their trace "
-                    "changes at every step: it is built at every step, not stored",
-                    file=sys.stderr,
+                logger.warning(
+                    "with --shared-adapter the upstream agents use the trained adapter, so their trace "
+                    "changes at every step: it is built at every step, not stored"
                 )
             return None
         kernels = {k: getattr(cfg, k) for k in ("model", "packed", "cpu_attention", "batch_invariant")}
@@ -295,7 +238,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_steps += 1
         if self.dist.main:
-            print(f"step {self.step + 1}: {bad}; skipped ({self.bad_steps} in a row)", file=sys.stderr, flush=True)
+            logger.warning("step %d: %s; skipped (%d in a row)", self.step + 1, bad, self.bad_steps)
         return bad
 
     def _stop_if_diverged(self, record: dict) -> None:
@@ -473,7 +416,7 @@ class Trainer:
             self.dropout_gen.set_state(rng["dropout"])
         if self.dist.main:
             self._truncate_log()
-            print(f"resuming from {path} at step {self.step}", flush=True)
+            logger.info("resuming from %s at step %d", path, self.step)
 
     def _truncate_log(self) -> None:
         """Drop log lines of steps after the checkpoint (written before an interruption)."""
