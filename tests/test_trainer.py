@@ -447,3 +447,32 @@ def test_one_model_evaluates_a_checkpoint_batch_by_batch(trained, model_dir, tmp
     shutil.copytree(Path(summary["out"]) / "final", other)
     with pytest.raises(DiffMASError, match="fresh copy"):
         evaluate(replace(base, adapter=str(other), out=str(tmp_path / "ev2")), lm=lm, progress=False)
+
+
+def test_report_to_tensorboard_logs_every_step(model_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(train_args(model_dir, out, "--max-steps", "3", "--report-to", "tensorboard")) == 0
+    events = list((out / "trackers").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file under <out>/trackers"
+    scalars = []
+    for file in events:
+        acc = EventAccumulator(str(file))
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            scalars = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    logged = [(r["step"], r["loss"]) for r in read_log(out)]
+    assert [s for s, _ in scalars] == [s for s, _ in logged] == [1, 2, 3]
+    assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6)
+
+
+def test_report_to_names_what_is_missing(model_dir, tmp_path, capsys):
+    assert main(train_args(model_dir, tmp_path / "a", "--report-to", "tensorbord")) == 1
+    assert "unknown trackers ['tensorbord']" in capsys.readouterr().err
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        assert main(train_args(model_dir, tmp_path / "b", "--max-steps", "1", "--report-to", "wandb")) == 1
+        assert "needs the wandb package" in capsys.readouterr().err

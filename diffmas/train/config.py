@@ -17,6 +17,7 @@ from diffmas.errors import DiffMASError
 from diffmas.options import OutputOptions, SystemOptions, TrainingDataOptions
 from diffmas.train.data import TARGETS
 from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
+from diffmas.train.tracking import parse_report_to
 
 TRAIN_METHODS = ("diffmas", "single_sft")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -143,6 +144,11 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
     save_every: int = option(100, "write a checkpoint every N steps (and always at the end)")
     keep_checkpoints: int = option(2, "keep the N most recent step checkpoints (0: keep all)")
     log_every: int = option(1, "write a log line every N steps")
+    report_to: str | None = option(
+        None,
+        "also log every step to these trackers, comma-separated: tensorboard, wandb, or any other tracker "
+        "accelerate knows (its package installed); files under <out>/trackers",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
@@ -176,6 +182,7 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
             raise DiffMASError("give either a curriculum or ramp_steps, not both")
         if self.curriculum is not None:
             self.curriculum = parse_curriculum(self.curriculum)
+        parse_report_to(self.report_to)  # a misspelt tracker is refused before anything loads
         self.objective()  # validates grad_through, last_k, comm_dropout
         self.lora()
 

@@ -42,6 +42,7 @@ from diffmas.train.distributed import Distributed
 from diffmas.train.memory import enable_mlp_checkpointing
 from diffmas.train.objective import TrajectoryLoss, role_loss, trajectory_loss
 from diffmas.train.traces import TraceStore, default_trace_dir
+from diffmas.train.tracking import Trackers, parse_report_to
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, lm: LM | None = None, progress: bool = True):
         self.cfg, self.progress = cfg, progress
+        self.trackers: Trackers | None = None  # made on the main process when training starts (--report-to)
         self.dist = Distributed.from_env(cfg.device)
         self.out = cfg.out_dir()
         self.task = get_task(cfg.task)
@@ -269,6 +271,9 @@ class Trainer:
         if cfg.resume and (latest := ckpt.latest_checkpoint(self.out, verify=True)) is not None:
             self.restore(latest)
         first, last = self.step, None
+        names = parse_report_to(cfg.report_to)
+        if names and dist.main:
+            self.trackers = Trackers(names, self.out, self.out.name, asdict(cfg))
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -291,6 +296,9 @@ class Trainer:
         finally:
             bar.close()
             self.lm.model.eval()
+            if self.trackers is not None:
+                self.trackers.finish()
+                self.trackers = None
         self.dist.check_identical([p.detach() for p in self.params], "adapters")
         done = self.step >= self.total_steps
         where = self.out / "final" if done else ckpt.step_dir(self.out, self.step)
@@ -351,6 +359,8 @@ class Trainer:
         if self.dist.main:
             with open(self.out / LOG, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, dest: Path) -> None:
