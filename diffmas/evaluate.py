@@ -35,13 +35,15 @@ from diffmas.records import (
     write_atomically,
     write_records,
 )
-from diffmas.rundir import RunLock, check_settings
+from diffmas.rundir import LOCK, RunLock, check_settings
 from diffmas.tasks import Example, LoadResult, Task, get_task
 
 SETTINGS = "eval_config.json"
+SHARD_GLOB = "records.shard-*.jsonl"
+MERGE_LOCK = ".lock-merge"
 # Settings a resumed evaluation may change: where and how fast it runs, not what it answers.
 FREE_ON_RESUME = ("out", "resume", "device", "cache_dir", "packed", "cpu_attention", "batch_size", "refill",
-                  "by_length", "samples")  # fmt: skip
+                  "by_length", "samples", "shard")  # fmt: skip
 
 
 @dataclass
@@ -63,6 +65,12 @@ class EvalConfig(SetupConfig, DataOptions, OutputOptions):
         1,
         "answer every problem k times with different sampling seeds (needs --temperature "
         "> 0): per-seed accuracy, majority vote and answer agreement",
+    )
+    shard: str | None = option(
+        None,
+        "K/N: answer problems K, K+N, K+2N, ... (0-based) into the same --out, beside the other shards "
+        "(default under torchrun or accelerate: RANK/WORLD_SIZE); the last shard to finish merges "
+        "the records and writes the summary",
     )
     # On MedQA dev the untrained latent_mas judger named no option in 20 of 50 answers (13 ran to
     # their budget setting out a plan): a reader wants its choice, and the records say which were cued.
@@ -110,7 +118,7 @@ def stream_answers(method: Method, examples: list[Example], cfg: EvalConfig, cue
     return method.run_stream(questions, ids, cfg.batch_size, cfg.refill, cfg.by_length, cue)
 
 
-def _prepare_out(cfg: EvalConfig) -> Path:
+def _prepare_out(cfg: EvalConfig, records: str = RECORDS) -> Path:
     out = cfg.out_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,17 +126,19 @@ def _prepare_out(cfg: EvalConfig) -> Path:
         raise DiffMASError(f"cannot create output directory {out}: {exc.strerror}; choose another --out") from None
     if not os.access(out, os.W_OK):
         raise DiffMASError(f"output directory {out} is not writable; choose another --out")
-    if (out / RECORDS).exists() and not cfg.resume:
-        raise DiffMASError(f"{out / RECORDS} already exists; pass --resume to continue it or choose another --out")
+    for name in dict.fromkeys([RECORDS, records]):
+        if (out / name).exists() and not cfg.resume:
+            raise DiffMASError(f"{out / name} already exists; pass --resume to continue it or choose another --out")
     return out
 
 
-def _check_resume(out: Path, cfg: EvalConfig) -> None:
+def _check_resume(out: Path, cfg: EvalConfig, sharded: bool = False) -> None:
     """Refuse to add records made with other settings to those already there (a summary would
     then describe a mix). ``--limit`` may grow (the run goes on to more problems of the same
-    list), never shrink. Runs from before settings were saved are checked against their summary."""
+    list), never shrink. Runs from before settings were saved are checked against their summary.
+    Shards always keep to the settings saved (another shard may have started with them)."""
     path, now = out / SETTINGS, asdict(cfg)
-    if not read_records(out / RECORDS):  # nothing written yet: nothing to mix
+    if not sharded and not _written(out):  # nothing written yet: nothing to mix
         path.unlink(missing_ok=True)
     elif not path.exists() and (out / SUMMARY).exists():
         try:
@@ -158,15 +168,59 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
     loaded = task.load(
         split=cfg.split, data_path=cfg.data_path, limit=cfg.limit, seed=cfg.seed, offset=cfg.offset, fields=cfg.fields
     )
-    out = _prepare_out(cfg)
-    with RunLock(out, f"diffmas eval --method {cfg.method}"):
-        _check_resume(out, cfg)
-        return _evaluate(cfg, task, loaded, out, lm, progress, started)
+    shard, shards = shard_of(cfg)
+    if shards > 1 and cfg.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process
+        cfg = replace(cfg, device=f"cuda:{os.environ['LOCAL_RANK']}")
+    out = _prepare_out(cfg, shard_file(shard, shards))
+    command = f"diffmas eval --method {cfg.method}" + (f" --shard {shard}/{shards}" if shards > 1 else "")
+    if shards == 1:
+        locks = [RunLock(out, command)]
+    else:  # shards run side by side (a shared lock), never beside an unsharded run; one process per shard
+        locks = [RunLock(out, command, shared=True), RunLock(out, command, name=f"{LOCK}-{shard_file(shard, shards)}")]
+    try:
+        for lock in locks:
+            lock.acquire()
+        with RunLock(out, command, name=MERGE_LOCK, wait=True):
+            _check_resume(out, cfg, sharded=shards > 1)
+        _answer(cfg, task, loaded, out, lm, progress, shard, shards)
+        return _merge(cfg, task, loaded, out, started, shard, shards)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
-def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, progress: bool, started: float) -> dict:
-    done = {record_key(r) for r in rewrite_clean(out / RECORDS)} if cfg.resume else set()
-    total = len(loaded.examples) * cfg.samples
+def shard_of(cfg: EvalConfig) -> tuple[int, int]:
+    """(K, N): this process answers problems K, K+N, K+2N, ... (--shard K/N, else torchrun's or
+    accelerate's RANK and WORLD_SIZE, else 0/1)."""
+    spec = cfg.shard or (
+        f"{os.environ.get('RANK', '0')}/{os.environ['WORLD_SIZE']}" if "WORLD_SIZE" in os.environ else "0/1"
+    )
+    k, _, n = spec.partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        raise DiffMASError(f"--shard must be K/N with 0 <= K < N, e.g. 0/2; got {spec!r}") from None
+    if not 0 <= k < n:
+        raise DiffMASError(f"--shard must be K/N with 0 <= K < N, e.g. 0/2; got {spec!r}")
+    return k, n
+
+
+def shard_file(shard: int, shards: int) -> str:
+    return RECORDS if shards == 1 else f"records.shard-{shard}-of-{shards}.jsonl"
+
+
+def _written(out: Path) -> list[dict]:
+    """Every record in ``out``: the merged file's and those of unmerged shards."""
+    return [r for p in [out / RECORDS, *sorted(out.glob(SHARD_GLOB))] for r in read_records(p)]
+
+
+def _answer(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, progress: bool, shard: int, shards: int):
+    """Answer this shard's problems not yet in ``out``, appending their records to its file."""
+    mine = loaded.examples[shard::shards]
+    path = out / shard_file(shard, shards)
+    rewrite_clean(path)  # a line cut short by a kill is dropped
+    done = {record_key(r) for r in _written(out)} if cfg.resume else set()
+    total = len(mine) * cfg.samples
     lm = lm or cfg.load_lm()
     method = cfg.build_method(lm, task)
     # Record what was resolved when the method was built (diffmas: as its adapters were trained).
@@ -176,15 +230,15 @@ def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, pr
     cue = answer_cue(task, lm, lambda: todo) if cfg.answer_cue else None
     bar = tqdm(
         total=total,
-        initial=len(done & record_keys(loaded.examples, cfg.samples)),
+        initial=len(done & record_keys(mine, cfg.samples)),
         disable=not progress,
-        desc=f"{cfg.method} on {cfg.task}",
+        desc=f"{cfg.method} on {cfg.task}" + (f" (shard {shard}/{shards})" if shards > 1 else ""),
         unit="problem",
     )
-    with open(out / RECORDS, "a") as fh, torch.inference_mode():
+    with open(path, "a") as fh, torch.inference_mode():
         for sample in range(cfg.samples):
             method.config.seed = cfg.seed + 7919 * sample  # each sample draws its own tokens
-            todo = [ex for ex in loaded.examples if (ex.id, sample) not in done]
+            todo = [ex for ex in mine if (ex.id, sample) not in done]
             stream = stream_answers(method, todo, cfg, cue)
             for i, trace in stream:
                 # Each problem's share of the compute (Method.run_stream): batches overlap, so the
@@ -196,8 +250,28 @@ def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, pr
                 fh.flush()  # a killed run keeps every finished answer
                 bar.update(1)
     bar.close()
+
+
+def _merge(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, started: float, shard: int, shards: int):
+    """Fold the shards' records into records.jsonl and write the summary, once every problem has
+    its records (the last shard to finish does it); else the summary of this shard's records."""
     wanted = record_keys(loaded.examples, cfg.samples)
-    records = [r for r in read_records(out / RECORDS) if record_key(r) in wanted]
+    with RunLock(out, "diffmas eval (merging shards)", name=MERGE_LOCK, wait=True):
+        found: dict = {}
+        for r in _written(out):
+            found.setdefault(record_key(r), r)
+        complete = wanted <= set(found)
+        if complete and any(out.glob(SHARD_GLOB)):
+            ordered = [r for r in found.values() if record_key(r) not in wanted]  # beyond the limit: kept
+            ordered += [found[(ex.id, s)] for s in range(cfg.samples) for ex in loaded.examples]
+            write_atomically(out / RECORDS, "".join(json.dumps(r) + "\n" for r in ordered))
+            for path in out.glob(SHARD_GLOB):
+                path.unlink()
+        if complete:
+            records = [found[k] for k in sorted(wanted, key=lambda k: (k[1], k[0]))]
+        else:
+            mine = record_keys(loaded.examples[shard::shards], cfg.samples)
+            records = [found[k] for k in mine if k in found]
     extra = {
         "split": cfg.split,
         "source": loaded.source,
@@ -207,6 +281,8 @@ def _evaluate(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, pr
         "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(cfg.device),
     }
+    if not complete:  # other shards still answer: the last one writes the run's summary
+        return {**summarise(records, cfg, extra), "shard": f"{shard}/{shards}", "complete": False}
     summary = summarise(records, cfg, extra)
     write_atomically(out / SUMMARY, json.dumps(summary, indent=2))
     return summary

@@ -26,9 +26,13 @@ class RunLock:
     """An exclusive lock on a run directory, held until :meth:`release` (or the process ends:
     the kernel drops it, so a killed run never leaves a stale lock)."""
 
-    def __init__(self, out: Path, command: str):
-        self.path = Path(out) / LOCK
+    def __init__(self, out: Path, command: str, name: str = LOCK, shared: bool = False, wait: bool = False):
+        """``name``: the lock file (shards of one evaluation each lock their own, see
+        :mod:`diffmas.evaluate`); ``shared``: several holders at once, none beside an exclusive
+        one; ``wait``: block until the lock is free instead of refusing."""
+        self.path = Path(out) / name
         self.command = command
+        self.shared, self.wait = shared, wait
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -37,7 +41,7 @@ class RunLock:
         except OSError as exc:
             raise DiffMASError(f"cannot write to {self.path.parent} ({exc.strerror}); choose another --out") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.wait else fcntl.LOCK_NB))
         except OSError as exc:
             holder = os.read(fd, 4096).decode(errors="replace").strip()
             os.close(fd)
@@ -47,9 +51,10 @@ class RunLock:
                 f"{self.path.parent} is in use by another process ({holder or 'unknown'}); wait for it to "
                 "finish or choose another --out (two writers would mix their records)"
             ) from None
-        os.ftruncate(fd, 0)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.write(fd, f"{self.command}, pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode())
+        if not self.shared:  # a shared lock's holders would overwrite each other's line
+            os.ftruncate(fd, 0)
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.write(fd, f"{self.command}, pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode())
         self._fd = fd
         return self
 
