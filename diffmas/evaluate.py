@@ -182,8 +182,8 @@ def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> di
             lock.acquire()
         with RunLock(out, command, name=MERGE_LOCK, wait=True):
             _check_resume(out, cfg, sharded=shards > 1)
-        _answer(cfg, task, loaded, out, lm, progress, shard, shards)
-        return _merge(cfg, task, loaded, out, started, shard, shards)
+        resolved = _answer(cfg, task, loaded, out, lm, progress, shard, shards)
+        return _merge(resolved, task, loaded, out, started, shard, shards)
     finally:
         for lock in locks:
             lock.release()
@@ -214,8 +214,11 @@ def _written(out: Path) -> list[dict]:
     return [r for p in [out / RECORDS, *sorted(out.glob(SHARD_GLOB))] for r in read_records(p)]
 
 
-def _answer(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, progress: bool, shard: int, shards: int):
-    """Answer this shard's problems not yet in ``out``, appending their records to its file."""
+def _answer(
+    cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, progress: bool, shard: int, shards: int
+) -> EvalConfig:
+    """Answer this shard's problems not yet in ``out``, appending their records to its file;
+    returns ``cfg`` with what building the method resolved (the summary records that)."""
     mine = loaded.examples[shard::shards]
     path = out / shard_file(shard, shards)
     rewrite_clean(path)  # a line cut short by a kill is dropped
@@ -250,6 +253,7 @@ def _answer(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, lm, prog
                 fh.flush()  # a killed run keeps every finished answer
                 bar.update(1)
     bar.close()
+    return cfg
 
 
 def _merge(cfg: EvalConfig, task: Task, loaded: LoadResult, out: Path, started: float, shard: int, shards: int):
