@@ -80,6 +80,7 @@ def test_bad_task_files_are_refused_with_what_to_fix(tmp_path):
         "answer: integer\nfiles: {test: d.jsonl}\n": "'answer' must be one of number, math, choice, code",
         "answer: number\nfiles: {test: missing.jsonl}\n": "the test file .*missing.jsonl does not exist",
         "answer: number\n": "'files' must map splits to data files",
+        "name: gsm8k\nanswer: number\nfiles: {test: d.jsonl}\n": "already registered by GSM8K; give it another name",
     }
     for i, (text, message) in enumerate(cases.items()):
         (tmp_path / f"t{i}.yaml").write_text(text)

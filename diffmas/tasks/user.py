@@ -125,7 +125,10 @@ def load_task_file(path: str | Path) -> Task:
     task.split_aliases, task.local_files, task.hub_id = {}, {}, None
     if spec.get("instruction"):
         task.answer_format = str(spec["instruction"])
-    return register_task(task)
+    try:
+        return register_task(task)
+    except ValueError as exc:  # the name of a built-in task
+        raise DiffMASError(f"task file {path}: {exc}; give it another name") from None
 
 
 def _build(kind: str, fields: dict[str, str]) -> Task:
