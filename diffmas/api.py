@@ -83,7 +83,7 @@ class System:
             raise TypeError(
                 f"evaluate() runs on the loaded model: {changed} cannot change here; use diffmas.evaluate()"
             )
-        cfg = from_dict(EvalConfig, {**_explicit(self.config), **options}, where="evaluate()")
+        cfg = from_dict(EvalConfig, {**asdict(self.config), **options}, where="evaluate()")
         return evaluate(cfg, self.lm)
 
 
@@ -106,9 +106,3 @@ def evaluate_method(method: str = "latent_mas", task: str = "gsm8k", **options) 
     """``diffmas eval`` from Python: loads the model, answers, writes records and the summary
     (``out``, default ``runs/<task>-<method>``) and returns the summary."""
     return evaluate(from_dict(EvalConfig, {"method": method, "task": task, **options}, where="evaluate()"))
-
-
-def _explicit(cfg: EvalConfig) -> dict:
-    """``cfg``'s settings as keyword arguments of :class:`EvalConfig` (init fields only)."""
-    values = asdict(cfg)
-    return {f.name: values[f.name] for f in fields(cfg) if f.init}

@@ -27,6 +27,7 @@ from diffmas.agents import SystemSpec, system_from_dict
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.latent import CommAdapter
+from diffmas.models.registry import get_offline_model
 
 MANIFEST = "manifest.json"
 FORMAT = "diffmas-checkpoint"
@@ -248,8 +249,6 @@ class TrainedCheckpoint:
 def hub_id_of(name: str) -> str | None:
     """The Hugging Face id of a model as the user named it: a registry name's hub id, a hub id
     itself (``owner/name`` that is no local directory), else None (a local model)."""
-    from diffmas.models.registry import get_offline_model
-
     entry = get_offline_model(name)
     if entry is not None:
         return entry.hub_id
@@ -259,8 +258,6 @@ def hub_id_of(name: str) -> str | None:
 def trained_base_model(manifest: dict) -> str | None:
     """The model to load for a checkpoint: the name it was trained with where that still works
     here (a registry name, a hub id, an existing directory), else its hub id."""
-    from diffmas.models.registry import get_offline_model
-
     name = manifest.get("base_model")
     if name and (get_offline_model(name) is not None or Path(name).exists() or hub_id_of(name) == name):
         return name

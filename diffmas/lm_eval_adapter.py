@@ -174,9 +174,13 @@ class DiffMASHarnessLM(HarnessLM):
             bar.update(len(batch))
             batch.clear()
 
+        contexts = 0  # distinct contexts in the batch (the requests come sorted by context)
         for i in order:
-            if batch and pairs[i][0] != pairs[batch[-1]][0] and len({pairs[j][0] for j in batch}) >= self.batch_size:
+            new = not batch or pairs[i][0] != pairs[batch[-1]][0]
+            if new and contexts == self.batch_size:
                 flush()
+                contexts = 0
+            contexts += new
             batch.append(i)
         if batch:
             flush()

@@ -284,13 +284,16 @@ class Method:
             return out
         # Each distinct question's context is built once and its rows repeated for every
         # continuation it is asked about (a multiple-choice question's options).
-        unique: dict[str, int] = {}
+        unique: dict[str, int] = {}  # question -> its row in the context
+        firsts, reserve = [], []  # per distinct question: its first row, its longest continuation
         for b in rows:
-            unique.setdefault(questions[b], len(unique))
-        firsts = list(unique)
-        reserve = [max(len(cont[b]) for b in rows if questions[b] == q) for q in firsts]
-        first_ids = None if ids is None else [ids[questions.index(q)] for q in firsts]
-        ctx = self.build_context(firsts, first_ids, reserve=reserve, reserve_what="the continuation")
+            u = unique.setdefault(questions[b], len(unique))
+            if u == len(firsts):
+                firsts.append(b)
+                reserve.append(0)
+            reserve[u] = max(reserve[u], len(cont[b]))
+        first_ids = None if ids is None else [ids[b] for b in firsts]
+        ctx = self.build_context(list(unique), first_ids, reserve=reserve, reserve_what="the continuation")
         index = torch.tensor([unique[questions[b]] for b in rows])
         ctx.cache.select_rows(index)
         scores = continuation_scores(
@@ -345,7 +348,10 @@ class Method:
             )
         )
         start = 0
-        cost: dict[int, float] = {}  # index -> seconds charged so far
+        # Each decoding step's time, shared by the rows it ran, summed: a row's share of decoding
+        # is how far this sum grew while it ran (cost[i] holds its preparation share minus the
+        # sum when it joined), so a step costs no bookkeeping per row.
+        per_row, cost = 0.0, {}
         while start < len(questions) or (pool is not None and len(pool)):
             # Traces with sliding-window layers cannot be merged: their batches take turns.
             joinable = pool is None or not len(pool) or (pool.cache.mergeable and len(pool) <= refill * batch_size)
@@ -357,19 +363,16 @@ class Method:
                 keys = [(i, b, p.finish) for b, i in enumerate(batch)]
                 pool.add(p.cache, p.last_hidden, p.max_new_tokens, keys)
                 share = (_clock() - t0) / len(batch)
-                cost.update((i, share) for i in batch)
+                cost.update((i, share - per_row) for i in batch)
                 start += len(batch)
                 continue
-            running = [key[0] for key in pool.keys]
-            t0 = _clock()
+            running, t0 = len(pool), _clock()
             finished = pool.step()
-            share = (_clock() - t0) / len(running)
-            for i in running:
-                cost[i] += share
+            per_row += (_clock() - t0) / running
             for done in finished:
                 index, row, finish = done.key
                 trace = finished_trace(finish, row, done)
-                trace.seconds = cost.pop(index)
+                trace.seconds = cost.pop(index) + per_row
                 yield index, trace
 
     def length_order(self, questions: list[str]) -> list[int]:

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from diffmas.checkpoint import ADAPTERS, COMM, MANIFEST, TrainedCheckpoint, sha256
+from diffmas.checkpoint import ADAPTERS, COMM, MANIFEST, TrainedCheckpoint
 from diffmas.errors import DiffMASError
-from diffmas.train.saving import name_base_model
-
-LOG = "log.jsonl"
+from diffmas.train.saving import LOG, name_base_model, write_manifest
 
 
 def export(checkpoint: str | Path, out: str | Path, results: list[str | Path] = (), force: bool = False) -> Path:
@@ -52,12 +50,7 @@ def export(checkpoint: str | Path, out: str | Path, results: list[str | Path] = 
     for agent_dir in sorted((out / ADAPTERS).iterdir()):
         if agent_dir.is_dir():  # PEFT's empty template, replaced by the card of the whole system
             (agent_dir / "README.md").write_text(agent_card(manifest, agent_dir.name))
-    files = {
-        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-        for p in sorted(out.rglob("*"))
-        if p.is_file()
-    }
-    (out / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
+    write_manifest(out, manifest)
     return out
 
 

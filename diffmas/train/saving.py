@@ -31,6 +31,8 @@ from diffmas.checkpoint import (
 )
 from diffmas.engine import LM
 
+LOG = "log.jsonl"  # the run's log, one line per step, beside its checkpoints
+
 
 def staging_dir(dest: Path) -> Path:
     return dest.parent / f"{STAGING_PREFIX}{dest.name}"
@@ -58,14 +60,18 @@ def write_payload(
     if state is not None:
         torch.save(state, tmp / STATE)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    # Every file's size and hash: a checkpoint damaged after it was written (a truncated copy, a
-    # bad disk) is detected on resume and skipped for the previous one.
+    write_manifest(tmp, manifest)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """``manifest`` with every file's size and hash, written last: a checkpoint damaged after it
+    was written (a truncated copy, a bad disk) is detected on resume and skipped for the previous one."""
     files = {
-        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-        for p in sorted(tmp.rglob("*"))
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-    (tmp / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
 
 
 def name_base_model(adapters_dir: Path, manifest: dict) -> None:

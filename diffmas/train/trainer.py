@@ -41,12 +41,11 @@ from diffmas.train.data import DataStream, TrainItem, build_items, load_examples
 from diffmas.train.distributed import Distributed
 from diffmas.train.memory import enable_mlp_checkpointing
 from diffmas.train.objective import TrajectoryLoss, role_loss, trajectory_loss
+from diffmas.train.saving import LOG
 from diffmas.train.traces import TraceStore, default_trace_dir
 from diffmas.train.tracking import Trackers, parse_report_to
 
 logger = logging.getLogger(__name__)
-
-LOG = "log.jsonl"
 
 
 def rng_state() -> dict:
