@@ -6,21 +6,9 @@ import errno
 import sys
 
 from diffmas import logs
+from diffmas.cli import helptext
+from diffmas.cli.commands import SUBCOMMANDS, WITHOUT_STORED_HELP
 from diffmas.errors import DiffMASError
-
-SUBCOMMANDS = {
-    "models": ("diffmas.cli.models", "list the offline models and install them"),
-    "tasks": ("diffmas.cli.tasks", "list the tasks (benchmarks)"),
-    "run": ("diffmas.cli.run", "answer one question and show what every agent contributed"),
-    "eval": ("diffmas.cli.eval", "evaluate a method on a task"),
-    "rescore": ("diffmas.cli.rescore", "score saved evaluation outputs again with the current answer extraction"),
-    "compare": ("diffmas.cli.compare", "compare evaluation runs: table, CSV, plots, HTML report"),
-    "collect": ("diffmas.cli.collect", "rejection sampling: keep the correct answers of a sampled teacher"),
-    "train": ("diffmas.cli.train", "train a latent multi-agent system (or the single-agent control)"),
-    "export": ("diffmas.cli.export", "a trained run's inference files with a model card (and the hub)"),
-    "lm-eval": ("diffmas.cli.lm_eval", "lm-evaluation-harness's command line with the diffmas model"),
-    "demo": ("diffmas.cli.demo", "the main job: compare every method on built-in data"),
-}
 
 
 def usage() -> str:
@@ -48,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if name not in WITHOUT_STORED_HELP and helptext.asks_for_help(rest) and helptext.print_stored_help(name):
+        return 0
     import importlib
 
     module = importlib.import_module(SUBCOMMANDS[name][0])

@@ -6,17 +6,20 @@ diffmas train --config ... --trajectories runs/collect-gsm8k --target trajectory
 
 from __future__ import annotations
 
-from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.cli._common import config_from, config_parser, quiet_transformers
 from diffmas.train.collect import ATTEMPTS, TRAJECTORIES, CollectConfig, collect
 
 
-def main(argv: list[str]) -> int:
-    cfg, _ = parse_config(
+def parser():
+    return config_parser(
         "diffmas collect",
         "Rejection sampling: keep the correct answers of a sampled teacher (single, text_mas or latent_mas).",
         CollectConfig,
-        argv,
     )
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = config_from(parser(), CollectConfig, argv)
     quiet_transformers()
     summary = collect(cfg)
     out = cfg.out_dir()

@@ -10,20 +10,22 @@ import argparse
 from diffmas.compare import compare
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="diffmas compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
+    p.add_argument(
         "runs",
         nargs="+",
         help="run directories written by `diffmas eval --out` (or `diffmas demo`), or summary.json files",
     )
-    parser.add_argument("--out", default="runs/compare", help="where the CSV, plot and HTML report go")
-    parser.add_argument(
-        "--title", default=None, help="of the plot and the report (default: the runs' tasks and models)"
-    )
-    args = parser.parse_args(argv)
+    p.add_argument("--out", default="runs/compare", help="where the CSV, plot and HTML report go")
+    p.add_argument("--title", default=None, help="of the plot and the report (default: the runs' tasks and models)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     result = compare(args.runs, args.out, args.title)
     print(result["table"])
     print("\n" + "\n".join(result["files"]))

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.cli._common import config_from, config_parser, quiet_transformers
 from diffmas.demo import METHODS, DemoConfig, report, run_demo
 
 
+def parser():
+    return config_parser("diffmas demo", __doc__, DemoConfig)
+
+
 def main(argv: list[str]) -> int:
-    cfg, _ = parse_config("diffmas demo", __doc__, DemoConfig, argv)
+    cfg, _ = config_from(parser(), DemoConfig, argv)
     quiet_transformers()
     print(
         f"Training diffmas and single_sft ({cfg.train_steps} steps x {cfg.train_batch_size} problems each), then "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.cli._common import config_from, config_parser, quiet_transformers
 from diffmas.evaluate import EvalConfig, evaluate
 from diffmas.records import RECORDS, SUMMARY
 from diffmas.report import summary_table, warnings
@@ -27,8 +27,12 @@ def print_summary(summary: dict) -> None:
         print(f"warning: {line}")
 
 
+def parser():
+    return config_parser("diffmas eval", "Evaluate a method on a task.", EvalConfig)
+
+
 def main(argv: list[str]) -> int:
-    cfg, _ = parse_config("diffmas eval", "Evaluate a method on a task.", EvalConfig, argv)
+    cfg, _ = config_from(parser(), EvalConfig, argv)
     quiet_transformers()
     summary = evaluate(cfg)
     print_summary(summary)

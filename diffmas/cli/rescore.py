@@ -8,15 +8,19 @@ from diffmas.evaluate import rescore
 from diffmas.report import summary_table, warnings
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="diffmas rescore",
         description="Re-extract and re-score the answers of finished `diffmas eval` runs from their saved "
         "outputs (no model is run), rewriting records.jsonl and summary.json.",
     )
-    parser.add_argument("runs", nargs="+", help="evaluation output directories")
-    parser.add_argument("--show", type=int, default=10, help="list at most this many changed predictions per run")
-    args = parser.parse_args(argv)
+    p.add_argument("runs", nargs="+", help="evaluation output directories")
+    p.add_argument("--show", type=int, default=10, help="list at most this many changed predictions per run")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     summaries = []
     for run in args.runs:
         summary, changed = rescore(run)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.cli._common import config_from, config_parser, quiet_transformers
 from diffmas.config import option, redefault
 from diffmas.errors import DiffMASError
 from diffmas.methods import SetupConfig, Trace
@@ -42,8 +42,12 @@ def format_trace(trace: Trace, prediction: str | None) -> str:
     return "\n".join(lines)
 
 
+def parser():
+    return config_parser("diffmas run", "Answer one question with a method.", RunConfig)
+
+
 def main(argv: list[str]) -> int:
-    cfg, _ = parse_config("diffmas run", "Answer one question with a method.", RunConfig, argv)
+    cfg, _ = config_from(parser(), RunConfig, argv)
     if not cfg.question.strip():
         raise DiffMASError('--question is required, e.g. diffmas run --question "What is 12 * 7?"')
     quiet_transformers()

@@ -75,12 +75,16 @@ def split_size(task: Task, split: str) -> str:
     )
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="diffmas tasks", description="List the tasks: family, sources (hub id, local files) and split sizes."
     )
-    parser.add_argument("--no-sizes", action="store_true", help="do not read local files to count examples")
-    args = parser.parse_args(argv)
+    p.add_argument("--no-sizes", action="store_true", help="do not read local files to count examples")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     root = io.data_dir()
     print(
         f"{io.DATA_DIR_ENV}={root}"

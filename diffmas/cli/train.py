@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 
-from diffmas.cli._common import parse_config, quiet_transformers
+from diffmas.cli._common import config_from, config_parser, quiet_transformers
 from diffmas.train.config import TrainConfig
 
 
+def parser():
+    return config_parser("diffmas train", "Train LoRA adapters (and the communication map) end to end.", TrainConfig)
+
+
 def main(argv: list[str]) -> int:
-    cfg, _ = parse_config(
-        "diffmas train", "Train LoRA adapters (and the communication map) end to end.", TrainConfig, argv
-    )
+    cfg, _ = config_from(parser(), TrainConfig, argv)
     quiet_transformers()
     from diffmas.train.trainer import LOG, Trainer
 
