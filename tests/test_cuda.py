@@ -149,6 +149,17 @@ def test_gpu_training_freezes_the_base_and_resumes(tiny_model_dir, tiny_qwen, tm
     torch.testing.assert_close(losses(tmp_path / "split"), losses(tmp_path / "straight"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_training_on_the_gpu_resumes_exactly(tiny_model_dir, tmp_path, precision):
+    """accelerate's autocast (and, for fp16, its gradient scaler, checkpointed with the run)."""
+    trainer, summary = train(tiny_model_dir, tmp_path / "straight", "cuda", mixed_precision=precision)
+    assert summary["steps"] == 3 and all(p.dtype == torch.float32 for p in trainer.params)
+    assert (trainer.dist.scaler is not None) == (precision == "fp16")
+    train(tiny_model_dir, tmp_path / "split", "cuda", mixed_precision=precision, until_step=2)
+    train(tiny_model_dir, tmp_path / "split", "cuda", mixed_precision=precision, resume=True)
+    torch.testing.assert_close(losses(tmp_path / "split"), losses(tmp_path / "straight"), atol=0, rtol=0)
+
+
 def test_cli_eval_and_train_on_the_gpu(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train"
     assert (

@@ -31,6 +31,8 @@ def main(argv: list[str]) -> int:
                 else f"{len(trainer.examples)} examples"
             )
             stages = f" ({cfg.role_steps} role steps, then joint)" if cfg.role_steps else ""
+            mixed = trainer.cfg.mixed_precision
+            stages += f", mixed precision {mixed}" if mixed != "no" else ""
             print(
                 f"training {cfg.method} on {data} of {trainer.source}: {trainer.total_steps} steps{stages}, "
                 f"{n:,} trainable parameters -> {trainer.out}",

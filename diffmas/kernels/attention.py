@@ -27,6 +27,9 @@ NAME = "diffmas_cpu"
 SHORT_QUERY = 16
 
 
+# The products and the softmax run in float32 under mixed-precision autocast too, as they do
+# for bfloat16 weights.
+@torch.autocast("cpu", enabled=False)
 def _matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float
 ) -> torch.Tensor:

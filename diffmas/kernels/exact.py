@@ -109,6 +109,7 @@ class _Group:
         return self._flat[key]
 
 
+@torch.autocast("cpu", enabled=False)  # float32 sums under mixed-precision autocast too
 def _chunked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group: _Group, scaling: float
 ) -> torch.Tensor:

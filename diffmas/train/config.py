@@ -139,6 +139,13 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
         "recompute the decoder MLP blocks' activations in the backward "
         "pass: less memory, more time (see diffmas.train.memory)",
     )
+    mixed_precision: str | None = option(
+        None,
+        "no | bf16 | fp16 (GPU): run the forward products under autocast in that precision while the weights "
+        "keep --dtype (default: accelerate's setting, `accelerate launch --mixed_precision` or `accelerate "
+        "config`, else no)",
+        choices=("no", "bf16", "fp16"),
+    )
     seed: int = option(0, "seed of the adapters' initialisation, data order and dropout")
     # -- output -------------------------------------------------------------------------------
     save_every: int = option(100, "write a checkpoint every N steps (and always at the end)")

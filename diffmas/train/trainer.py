@@ -4,10 +4,11 @@ Both methods train through :func:`trajectory_loss`, on the very forward pass the
 runs, with gradients on: ``diffmas`` a latent multi-agent system, ``single_sft`` one agent with
 one LoRA of the same settings on the same data, steps and schedule (the honest control).
 
-Data parallelism: launched with several processes (``accelerate launch -m diffmas train ...`` or
-``torchrun``; the environment names RANK and WORLD_SIZE), every process takes its own slice of
-each global batch, gradients are averaged across processes before clipping, and only rank 0
-writes logs and checkpoints, so every process holds the same adapters after every step.
+Processes and precision come from accelerate (:mod:`diffmas.train.distributed`): launched with
+several processes (``accelerate launch --multi_gpu -m diffmas train ...`` or ``torchrun``), every
+process takes its own slice of each global batch, gradients are averaged across processes before
+clipping, and only rank 0 writes logs and checkpoints, so every process holds the same adapters
+after every step. Mixed precision runs each step's forward pass under accelerate's autocast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,15 @@ class Trainer:
     """One training run: ``Trainer(cfg).train()``; see the module docstring."""
 
     def __init__(self, cfg: TrainConfig, lm: LM | None = None, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+        self.progress = progress
         self.trackers: Trackers | None = None  # made on the main process when training starts (--report-to)
-        self.dist = Distributed.from_env(cfg.device)
+        self.dist = Distributed.from_env(cfg.device, cfg.mixed_precision)
+        # As resolved (flag, accelerate's launch setting or "no"): written with every checkpoint.
+        # Autocast does not reach oneDNN-packed products, so mixed precision trains on plain ones.
+        mixed = self.dist.mixed_precision
+        if mixed != "no" and cfg.packed and self.dist.main:
+            logger.info("mixed precision %s: packed weights are off (autocast does not reach them)", mixed)
+        self.cfg = cfg = replace(cfg, mixed_precision=mixed, packed=cfg.packed and mixed == "no")
         self.out = cfg.out_dir()
         self.task = get_task(cfg.task)
         self.examples, self.source = load_examples(
@@ -154,6 +161,8 @@ class Trainer:
                 )
             return None
         kernels = {k: getattr(cfg, k) for k in ("model", "packed", "cpu_attention", "batch_invariant")}
+        if cfg.mixed_precision != "no":  # autocast changes the trace's arithmetic (absent: the keys of before)
+            kernels["mixed_precision"] = cfg.mixed_precision
         return TraceStore(self.method, cfg.trace_dir or default_trace_dir(), self.adapters, kernels)
 
     def _build_optimizer(self) -> None:
@@ -162,10 +171,11 @@ class Trainer:
         if self.comm is not None:  # no weight decay: it would pull the realignment towards zero
             groups.append({"params": list(self.comm.parameters()), "weight_decay": 0.0, "lr": cfg.comm_lr or cfg.lr})
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cfg.lr_factor(step, self.total_steps)
+            optimizer, lambda step: cfg.lr_factor(step, self.total_steps)
         )
+        self.optimizer = self.dist.prepare_optimizer(optimizer)
 
     # -- one step -------------------------------------------------------------------------------
     @property
@@ -198,8 +208,9 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             indices = self.stream.take(cfg.batch_size * dist.world)
             mine = indices[dist.rank * cfg.batch_size : (dist.rank + 1) * cfg.batch_size]
-            out = self.loss([self.items[i] for i in mine])
-            (out.loss / cfg.grad_accum).backward()
+            with dist.autocast():
+                out = self.loss([self.items[i] for i in mine])
+            dist.backward(out.loss / cfg.grad_accum)
             losses.append(out.loss.detach().float())
             tokens += int(out.tokens.sum())
         loss = torch.stack(losses).mean()
@@ -212,8 +223,11 @@ class Trainer:
             "latent_steps": latent if stage == "joint" else 0,
             "tokens": tokens * dist.world,
         }
-        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        bad = self._non_finite(loss, norm)
+        norm = dist.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        # float16: gradients that overflow the loss scale are the scaler's business (it skips the
+        # update and lowers its scale), not a diverging run.
+        overflow = dist.scaler is not None and math.isfinite(loss.item()) and not math.isfinite(float(norm))
+        bad = None if overflow else self._non_finite(loss, norm)
         if bad is None:
             self.optimizer.step()
         self.scheduler.step()  # a skipped step still uses up its data and its place in the schedule
@@ -223,6 +237,8 @@ class Trainer:
         )
         if bad is not None:
             record["skipped"] = bad
+        elif overflow:
+            record["scaler_skipped"] = True
         return record
 
     def _non_finite(self, loss: torch.Tensor, norm: torch.Tensor) -> str | None:
@@ -392,6 +408,8 @@ class Trainer:
                 "data": self.stream.state_dict(),
                 "world_size": dist.world,
             }
+            if dist.scaler is not None:
+                state["scaler"] = dist.scaler.state_dict()
             saving.write_payload(tmp, manifest, self.adapters, self.comm, state, asdict(self.cfg))
             saving.commit(tmp, dest)
             saving.clean(self.out, self.cfg.keep_checkpoints)
@@ -416,6 +434,8 @@ class Trainer:
         state = torch.load(path / ckpt.STATE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.dist.scaler is not None and "scaler" in state:
+            self.dist.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
         rng_file = path / f"rng-{self.dist.rank}.pt"
