@@ -11,19 +11,14 @@ import pytest
 import torch
 
 from diffmas.errors import DiffMASError
-from diffmas.models import build_tiny_model
 from diffmas.train.config import TrainConfig
 from diffmas.train.distributed import Distributed, resolve_mixed_precision
 from diffmas.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = build_tiny_model("qwen2", seed=0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_model_dir) -> str:
+    return tiny_model_dir
 
 
 def settings(model_dir: str, out: Path, **kw) -> TrainConfig:
