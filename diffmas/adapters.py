@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from diffmas.engine import LM
@@ -177,11 +178,13 @@ class AgentAdapters:
         from peft.tuners.lora import LoraLayer
 
         name = self.adapter_of(agent)
-        identity = True
-        for module in self.peft_model.modules():
-            if isinstance(module, LoraLayer) and name in module.lora_B:
-                identity = identity and not bool(module.lora_B[name].weight.detach().any())
-        if identity:
+        # One reduction over every layer's B, so one host synchronisation on a GPU, not one per layer.
+        nonzero = [
+            m.lora_B[name].weight.detach().ne(0).any()
+            for m in self.peft_model.modules()
+            if isinstance(m, LoraLayer) and name in m.lora_B
+        ]
+        if not nonzero or not bool(torch.stack(nonzero).any()):
             return "identity"
         digest = hashlib.sha256()
         for p in self.parameters(agent):

@@ -160,6 +160,44 @@ def test_mixed_precision_training_on_the_gpu_resumes_exactly(tiny_model_dir, tmp
     torch.testing.assert_close(losses(tmp_path / "split"), losses(tmp_path / "straight"), atol=0, rtol=0)
 
 
+def cuda_syncs_of_a_step(model_dir: str, out: Path, latent_steps: int) -> int:
+    """CUDA's own count of synchronising calls in one loss + backward (after a warm-up pass)."""
+    import warnings
+
+    cfg = TrainConfig(
+        model=model_dir,
+        device="cuda",
+        dtype="float32",
+        task="synthetic-arith",
+        limit=8,
+        topology="sequential",
+        latent_steps=latent_steps,
+        lora_rank=4,
+        lora_dropout=0.0,
+        batch_size=2,
+        max_steps=2,
+        out=str(out),
+    )
+    trainer = Trainer(cfg, progress=False)
+    items = trainer.items[:2]
+    trainer.loss(items).loss.backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.loss(items).loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_a_training_step_does_not_synchronise_per_latent_step(tiny_model_dir, tmp_path):
+    few = cuda_syncs_of_a_step(tiny_model_dir, tmp_path / "two", latent_steps=2)
+    many = cuda_syncs_of_a_step(tiny_model_dir, tmp_path / "six", latent_steps=6)
+    assert many == few
+
+
 def test_cli_eval_and_train_on_the_gpu(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train"
     assert (

@@ -52,7 +52,9 @@ def test_bf16_runs_the_products_in_bfloat16_and_keeps_float32_adapters(model_dir
     mixed = trainer.train_step()
     hook.remove()
     assert seen and set(seen) == {torch.bfloat16}
-    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in trainer.params)
+    assert all(
+        p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in trainer.params
+    )
     assert next(trainer.lm.model.parameters()).dtype == torch.float32  # the weights keep --dtype
 
     plain = Trainer(settings(model_dir, tmp_path / "fp32"), progress=False).train_step()

@@ -11,6 +11,7 @@ the communication adapter) through the KV entries the final agent attends to.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,9 +58,18 @@ class TrajectoryLoss:
     tokens: torch.Tensor  # (B,) number of target tokens per row
 
 
+_END_OF_TURN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # LM -> its end-of-turn id
+
+
 def end_of_turn_id(lm: LM) -> int:
     """The token that closes an assistant turn in ``lm``'s chat template (<|im_end|> for ChatML),
-    else the first stop token."""
+    else the first stop token. Found once per model (every target ends with it)."""
+    if lm not in _END_OF_TURN:
+        _END_OF_TURN[lm] = _find_end_of_turn(lm)
+    return _END_OF_TURN[lm]
+
+
+def _find_end_of_turn(lm: LM) -> int:
     stops = set(lm.stop_ids.tolist())
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
