@@ -20,12 +20,19 @@ earlier step. Collect and train write under ``runs``; evaluations write into the
 ``results/NAME`` (records and summary, committed with the experiment); compare writes
 ``results/compare``. Every step runs with ``--resume``, so a killed or session-split run picks
 up where it stopped; a finished training run (its ``final`` checkpoint) is not started again.
+
+A collect step's attempts are also kept in ``results/collect-NAME/`` (the model's texts and
+scores, without the dataset's questions and answers), committed with the experiment: where
+``runs`` has lost them (a new checkout), the step starts from that copy, so a collection made in
+one session trains the systems of the next without being made again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +41,34 @@ from pathlib import Path
 import yaml
 
 KINDS = ("collect", "train", "eval", "compare")
+ATTEMPTS, COLLECT_SETTINGS = "attempts.jsonl", "collect_config.json"  # as diffmas.train.collect writes them
+DATASET_FIELDS = ("question", "gold")  # read back from the task's data by id; not committed
+
+
+def kept_copy(folder: Path, name: str) -> Path:
+    return folder / "results" / f"collect-{name}"
+
+
+def publish_collect(out: Path, copy: Path) -> None:
+    """Copy a collect output's attempts (without the dataset's fields) and settings to ``copy``."""
+    copy.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (out / ATTEMPTS).read_text().splitlines() if line.strip()]
+    lines = [json.dumps({k: v for k, v in row.items() if k not in DATASET_FIELDS}) for row in rows]
+    (copy / ATTEMPTS).write_text("".join(line + "\n" for line in lines))
+    for extra in (COLLECT_SETTINGS, "summary.json"):
+        if (out / extra).is_file():
+            shutil.copyfile(out / extra, copy / extra)
+
+
+def seed_collect(out: Path, copy: Path) -> bool:
+    """Start a collect output that ``runs`` lost from the experiment's committed copy."""
+    if (out / ATTEMPTS).exists() or not (copy / ATTEMPTS).is_file():
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (ATTEMPTS, COLLECT_SETTINGS):
+        if (copy / name).is_file():
+            shutil.copyfile(copy / name, out / name)
+    return True
 
 
 class ExperimentError(Exception):
@@ -139,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             continue
         started = time.perf_counter()
+        target = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        if kind == "collect" and seed_collect(target, kept_copy(args.folder, name)):
+            print(f"   (its attempts so far from {kept_copy(args.folder, name)})", flush=True)
         rc = subprocess.run([sys.executable, "-m", "diffmas", *argv]).returncode
+        if kind == "collect" and rc == 0:
+            publish_collect(target, kept_copy(args.folder, name))
         report.append((kind, name, "ok" if rc == 0 else f"failed (exit {rc})", time.perf_counter() - started))
         if rc != 0:
             print(f"step {kind}:{name} failed with exit code {rc}; fix it and rerun: finished steps are kept")

@@ -279,3 +279,14 @@ def test_diffmas_and_its_control_train_on_the_same_kept_targets(tiny_model_dir, 
     assert [i.target for i in diffmas] == ["one \\boxed{1}", "two \\boxed{2}", "three", "four"]
     with pytest.raises(DataError, match="same --system"):  # the roles need the teacher's own agents
         items("diffmas", role_steps=1, max_steps=2)
+
+
+def test_a_kept_set_without_the_datasets_fields_trains_from_the_tasks_data(tmp_path):
+    """What an experiment commits (experiments/run.py): ids and texts, no question or gold."""
+    task = get_task("synthetic-arith")
+    examples = task.load(split="train", limit=2).examples
+    rows = [{k: v for k, v in r.items() if k not in ("question", "gold")} for r in trajectory_rows(examples)]
+    kept = load_trajectories(write_trajectories(tmp_path / "trajectories.jsonl", rows))
+    items = build_items(task, examples, kept, "trajectory")
+    assert [i.question for i in items] == [ex.question for ex in examples]
+    assert [i.target for i in items] == [r["agents"][-1]["text"] for r in rows]

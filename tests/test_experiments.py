@@ -67,3 +67,35 @@ def test_dry_run_and_bad_folders(runner, tiny_model_dir, tmp_path, capsys):
     assert runner.main([str(tmp_path / "missing")]) == 2
     assert "experiment.yaml" in capsys.readouterr().err
     assert runner.main([str(write(tmp_path / "exp2", tiny_model_dir, tmp_path / "r")), "--only", "eval:x"]) == 2
+
+
+def test_a_collection_is_kept_without_the_dataset_and_resumed_from_it(runner, tiny_model_dir, tmp_path, capsys):
+    collect = {
+        "name": "teacher",
+        "method": "single",
+        "model": tiny_model_dir,
+        "dtype": "float32",
+        "task": "synthetic-arith",
+        "limit": 3,
+        "max_new_tokens": 4,
+    }
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "experiment.yaml").write_text(
+        yaml.safe_dump({"runs": str(tmp_path / "runs"), "steps": [{"collect": collect}]})
+    )
+    assert runner.main([str(folder)]) == 0
+    copy = folder / "results" / "collect-teacher"
+    rows = [json.loads(line) for line in (copy / "attempts.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all("question" not in r and "gold" not in r and r["agents"] for r in rows)
+    assert (copy / "collect_config.json").is_file() and (copy / "summary.json").is_file()
+
+    # A new checkout: runs/ is gone. The step starts from the copy and samples nothing again.
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    capsys.readouterr()
+    assert runner.main([str(folder)]) == 0
+    assert "its attempts so far from" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "runs" / "collect-teacher" / "summary.json").read_text())
+    assert summary["attempts"] == 3 and summary["attempts_this_run"] == 0

@@ -138,14 +138,45 @@ def collect(cfg: CollectConfig, lm: LM | None = None, progress: bool = True) -> 
 def _collect(cfg: CollectConfig, task, examples, source: str, out: Path, lm: LM | None, progress: bool) -> dict:
     attempts_path = out / ATTEMPTS
     done = {(r["id"], r["sample"]) for r in rewrite_clean(attempts_path)} if cfg.resume else set()
-    lm = lm or cfg.load_lm()
-    teacher = teacher_of(cfg, lm, task)
     todo = [(s, ex) for s in range(cfg.samples) for ex in examples if (ex.id, s) not in done]
-    kept_now, tokens_now, started = 0, 0, time.perf_counter()
+    started, tokens_now = time.perf_counter(), 0
+    if todo:  # else the kept set and summary are written again, with no model loaded
+        tokens_now = _sample(cfg, task, todo, len(done), attempts_path, lm or cfg.load_lm(), progress)
+    seconds = time.perf_counter() - started
+    attempts = read_records(attempts_path)
+    kept, repeats = kept_trajectories(attempts)
+    write_records(out / TRAJECTORIES, kept)
+    summary = {
+        "task": cfg.task,
+        "source": source,
+        "method": cfg.method,
+        "system": attempts[0]["system"] if attempts else None,
+        "model": cfg.model,
+        "problems": len(examples),
+        "attempts": len(attempts),
+        "correct": sum(bool(r["correct"]) for r in attempts),
+        "kept": len(kept),
+        "repeats_dropped": repeats,
+        "problems_solved": len({r["id"] for r in kept}),
+        "acceptance": len(kept) / len(attempts) if attempts else 0.0,
+        "attempts_this_run": len(todo),
+        "seconds_this_run": round(seconds, 2),
+        "seconds_per_attempt": round(seconds / len(todo), 3) if todo else None,
+        "generated_tokens_per_attempt": round(tokens_now / len(todo), 1) if todo else None,
+        "config": asdict(cfg),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _sample(cfg: CollectConfig, task, todo: list, n_done: int, attempts_path: Path, lm: LM, progress: bool) -> int:
+    """Answer every (sample, example) of ``todo``, appending each attempt; returns the tokens generated."""
+    teacher = teacher_of(cfg, lm, task)
+    kept_now, tokens_now = 0, 0
     bar = tqdm(total=len(todo), disable=not progress, desc=f"collect {cfg.task} ({cfg.method})", unit="attempt")
     # One sampling stream over every attempt left, batches refilled as answers finish (continuous
     # batching). A fresh run is reproducible; a resumed one draws other tokens for what is left.
-    teacher.config.seed = cfg.seed + 1_000_003 * len(done)
+    teacher.config.seed = cfg.seed + 1_000_003 * n_done
     questions, ids = [ex.question for _, ex in todo], [f"{ex.id}#{s}" for s, ex in todo]
     with open(attempts_path, "a") as fh, torch.inference_mode():
         stream = teacher.run_stream(questions, ids, batch_size=cfg.batch_size, by_length=True)
@@ -171,31 +202,7 @@ def _collect(cfg: CollectConfig, task, examples, source: str, out: Path, lm: LM 
             bar.update(1)
             bar.set_postfix(correct=kept_now)
     bar.close()
-    seconds = time.perf_counter() - started
-    attempts = read_records(attempts_path)
-    kept, repeats = kept_trajectories(attempts)
-    write_records(out / TRAJECTORIES, kept)
-    summary = {
-        "task": cfg.task,
-        "source": source,
-        "method": cfg.method,
-        "system": teacher.system.name if teacher.system is not None else None,
-        "model": cfg.model,
-        "problems": len(examples),
-        "attempts": len(attempts),
-        "correct": sum(bool(r["correct"]) for r in attempts),
-        "kept": len(kept),
-        "repeats_dropped": repeats,
-        "problems_solved": len({r["id"] for r in kept}),
-        "acceptance": len(kept) / len(attempts) if attempts else 0.0,
-        "attempts_this_run": len(todo),
-        "seconds_this_run": round(seconds, 2),
-        "seconds_per_attempt": round(seconds / len(todo), 3) if todo else None,
-        "generated_tokens_per_attempt": round(tokens_now / len(todo), 1) if todo else None,
-        "config": asdict(cfg),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return tokens_now
 
 
 def load_trajectories(path: str | Path) -> list[dict]:
@@ -212,7 +219,7 @@ def load_trajectories(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
             texts = [a["text"] for a in row["agents"]]
-            row["id"], row["question"]  # noqa: B018 (required fields)
+            row["id"]  # noqa: B018 (required; the question is read from the task's data by id)
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{path}:{n} is not a trajectory written by `diffmas collect`") from None
         if not texts or not isinstance(texts[-1], str) or any(t is not None and not isinstance(t, str) for t in texts):
