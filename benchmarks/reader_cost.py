@@ -12,6 +12,9 @@ Rows (each in its own process, so that its peak resident memory is its own):
   first pass over the trajectories builds and stores their upstream traces, later passes read them.
   Its cost is given per pass (first, later) and amortised over ``--epochs`` passes:
   (first + (epochs - 1) x later) / epochs.
+* ``plain`` (the anchor): Hugging Face + PEFT's own supervised loop on single_sft's prompts and
+  targets: ``get_peft_model`` with the same LoRA, the model's own forward with ``labels``, AdamW.
+  Same tokens as single_sft; its tokens per second (prompt + target) are printed beside it.
 
 Every row first runs one untimed warm-up step on trajectories outside the timed ones, then
 ``--steps`` optimizer steps of ``--batch-size`` trajectories (the first ``steps x batch size`` of
@@ -29,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROWS = ("single_sft", "full", "reader")
+ROWS = ("plain", "single_sft", "full", "reader")
 
 
 def timed_pass(trainer, steps: int) -> float:
@@ -41,14 +44,13 @@ def timed_pass(trainer, steps: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """One row, in this process."""
+def config(args: argparse.Namespace):
     from diffmas.train.config import TrainConfig
-    from diffmas.train.trainer import Trainer
 
-    cfg = TrainConfig(
+    return TrainConfig(
         model=args.model,
-        method="single_sft" if args.row == "single_sft" else "diffmas",
+        device=args.device,
+        method="single_sft" if args.row in ("single_sft", "plain") else "diffmas",
         grad_through="none" if args.row == "reader" else "full",
         task=args.task,
         split="train",
@@ -62,7 +64,15 @@ def measure(args: argparse.Namespace) -> dict:
         trace_dir=args.trace_dir,
         out=args.scratch,
     )
-    trainer = Trainer(cfg, progress=False)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One row, in this process."""
+    from diffmas.train.trainer import Trainer
+
+    if args.row == "plain":
+        return measure_plain(args)
+    trainer = Trainer(config(args), progress=False)
     trainer.lm.model.train()
     n = args.steps * args.batch_size
     trainer.stream.load_state_dict({**trainer.stream.state_dict(), "epoch": 0, "index": n})
@@ -79,22 +89,109 @@ def measure(args: argparse.Namespace) -> dict:
         }
     else:
         later = first
+    if args.device.startswith("cuda"):
+        import torch
+
+        row["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     row["s_per_trajectory"] = (first + (args.epochs - 1) * later) / (args.epochs * n)
     row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
 
+def measure_plain(args: argparse.Namespace) -> dict:
+    """The anchor row: single_sft's items and prompts, trained by PEFT and the model's own forward."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from diffmas.adapters import attention_projections
+    from diffmas.engine import LM
+    from diffmas.methods import SingleAgent
+    from diffmas.models import load_model
+    from diffmas.tasks import get_task
+    from diffmas.train.collect import load_trajectories
+    from diffmas.train.data import DataStream, build_items, load_examples
+    from diffmas.train.objective import target_ids
+
+    cfg = config(args)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, packed=False, cpu_attention=False)
+    lm = LM(model, tokenizer, name=cfg.model)
+    task = get_task(cfg.task)
+    examples, _ = load_examples(task, cfg.split, cfg.data_path, cfg.exclude_last, cfg.offset, cfg.limit, cfg.seed)
+    trajectories = load_trajectories(cfg.trajectories) if cfg.trajectories else None
+    items = build_items(task, examples, trajectories, cfg.target)
+    prompts = SingleAgent(lm, family=task.family, answer_format=task.answer_format).build_prompts
+    lora = cfg.lora()
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=0.0,
+            target_modules=lora.target_modules or attention_projections(model),
+        ),
+    )
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
+    stream = DataStream(len(items), cfg.seed)
+    peft_model.train()
+
+    def step(batch) -> int:
+        seqs = [(p, target_ids(lm, t)) for p, t in zip(prompts([i.question for i in batch]), [i.target for i in batch])]
+        width = max(len(p) + len(t) for p, t in seqs)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, (p, t) in enumerate(seqs):  # right-padded, the loss on the target only
+            ids[r, : len(p) + len(t)] = torch.tensor(p + t)
+            labels[r, len(p) : len(p) + len(t)] = torch.tensor(t)
+            mask[r, : len(p) + len(t)] = 1
+        loss = peft_model(
+            input_ids=ids.to(cfg.device), attention_mask=mask.to(cfg.device), labels=labels.to(cfg.device)
+        ).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return int(mask.sum())
+
+    def run(index: int, steps: int) -> tuple[float, int]:
+        stream.load_state_dict({**stream.state_dict(), "epoch": 0, "index": index})
+        started, tokens = time.perf_counter(), 0
+        for _ in range(steps):
+            tokens += step([items[i] for i in stream.take(cfg.batch_size)])
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, tokens
+
+    n = args.steps * args.batch_size
+    run(n, 1)  # warm-up on trajectories outside the timed ones
+    seconds, tokens = run(0, args.steps)
+    return {
+        "row": "plain",
+        "trajectories": n,
+        "first_pass_s": seconds / n,
+        "s_per_trajectory": seconds / n,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
 def print_table(rows: list[dict], epochs: int) -> None:
     base = next((r for r in rows if r["row"] == "single_sft"), None)
-    print(f"| row | s / trajectory ({epochs} passes) | vs single_sft | first pass | later passes | peak GB |")
-    print("|---|---|---|---|---|---|")
+    plain = next((r for r in rows if r["row"] == "plain"), None)
+    print(
+        f"| row | s / trajectory ({epochs} passes) | vs single_sft | vs plain | first pass | later passes | peak GB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['s_per_trajectory'] / base['s_per_trajectory']:.2f}x" if base else "-"
+        vs_plain = f"{r['s_per_trajectory'] / plain['s_per_trajectory']:.2f}x" if plain else "-"
         later = f"{r['later_pass_s']:.2f}" if "later_pass_s" in r else "-"
         print(
-            f"| {r['row']} | {r['s_per_trajectory']:.2f} | {ratio} | {r['first_pass_s']:.2f} | {later} | "
+            f"| {r['row']} | {r['s_per_trajectory']:.3f} | {ratio} | {vs_plain} | {r['first_pass_s']:.3f} | {later} | "
             f"{r['peak_rss_gb']:.1f} |"
         )
+    if plain:
+        print(f"plain: {plain['tokens_per_s']:.0f} tokens / s (prompt and target)")
     if reader := next((r for r in rows if r["row"] == "reader"), None):
         print(f"reader: {reader['trace_build_s']:.2f} s and {reader['mb_per_example']} MB per stored trace")
 
@@ -102,6 +199,7 @@ def print_table(rows: list[dict], epochs: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--task", default="gsm8k")
     p.add_argument(
         "--exclude-last", type=int, default=1000, help="problems held out of training (the dev and final sets)"
