@@ -94,6 +94,17 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def weights_digest(path: str | Path) -> str | None:
+    """One hash of the trained weights a checkpoint or export holds (its safetensors files, as its
+    manifest records them), whatever its folder or file names; None where no hashes were recorded."""
+    manifest = read_manifest(resolve(path))
+    files = (manifest or {}).get("files")
+    if not isinstance(files, dict):
+        return None
+    hashes = sorted(v["sha256"] for k, v in files.items() if k.endswith(".safetensors"))
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()[:16] if hashes else None
+
+
 def read_manifest(path: Path) -> dict | None:
     """The manifest of a complete checkpoint directory, else None (also for a manifest that
     lacks what every checkpoint records: its format and step)."""

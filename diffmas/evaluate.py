@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from diffmas.checkpoint import weights_digest
 from diffmas.config import option
 from diffmas.decoding import AnswerCue
 from diffmas.engine import LM
@@ -138,6 +139,8 @@ def _check_resume(out: Path, cfg: EvalConfig, sharded: bool = False) -> None:
     list), never shrink. Runs from before settings were saved are checked against their summary.
     Shards always keep to the settings saved (another shard may have started with them)."""
     path, now = out / SETTINGS, asdict(cfg)
+    # The adapters' contents, not only their path: a run retrained into the same folder is another system.
+    now["adapter_weights"] = weights_digest(cfg.adapter) if cfg.adapter else None
     if not sharded and not _written(out):  # nothing written yet: nothing to mix
         path.unlink(missing_ok=True)
     elif not path.exists() and (out / SUMMARY).exists():
@@ -158,7 +161,16 @@ def _check_resume(out: Path, cfg: EvalConfig, sharded: bool = False) -> None:
                 "larger one, or choose another --out"
             )
     fixed = [k for k in now if k not in FREE_ON_RESUME and k != "limit"]
+    if path.exists() and "adapter_weights" not in _saved(path):
+        fixed.remove("adapter_weights")  # saved before the contents were: not known, not compared
     check_settings(path, now, fixed, "the evaluation")
+
+
+def _saved(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def evaluate(cfg: EvalConfig, lm: LM | None = None, progress: bool = True) -> dict:

@@ -58,6 +58,24 @@ def test_eval_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path, ca
     assert main([*eval_args(tiny_model_dir, out, "--resume"), "--batch-size", "3"]) == 0
 
 
+def test_eval_resume_with_retrained_adapters_in_the_same_folder_is_refused(tiny_model_dir, tmp_path, capsys):
+    """A run retrained into the same folder is another system: its answers must not join the first's."""
+    import shutil
+
+    run, out = tmp_path / "run", tmp_path / "ev"
+    single_sft = ["--method", "single_sft", "--max-steps", "2"]
+    assert main(train_args(tiny_model_dir, run, *single_sft)) == 0
+    adapter = ["--method", "single_sft", "--adapter", str(run), "--limit", "2"]
+    assert main([*eval_args(tiny_model_dir, out), *adapter]) == 0
+    assert main([*eval_args(tiny_model_dir, out, "--resume"), *adapter, "--limit", "3"]) == 0  # the same weights
+    shutil.rmtree(run)
+    assert main(train_args(tiny_model_dir, run, *single_sft, "--seed", "1")) == 0
+    capsys.readouterr()
+    assert main([*eval_args(tiny_model_dir, out, "--resume"), *adapter, "--limit", "4"]) == 1
+    assert "adapter_weights" in capsys.readouterr().err
+    assert len((out / "records.jsonl").read_text().splitlines()) == 3
+
+
 def test_a_second_writer_on_the_same_run_is_refused(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ev"
     out.mkdir()
