@@ -268,6 +268,7 @@ class DecodePool:
                 return finished
             rows = torch.tensor(keep)
             self.cache.select_rows(rows)
+            self.cache.drop_leading_pads()
             nxt = nxt[rows]
         ones = torch.ones(len(nxt), 1, dtype=torch.long)
         self.hidden = lm.forward(self.cache, self.agent, "text", ones, input_ids=nxt[:, None].to(lm.device))

@@ -158,6 +158,31 @@ class SharedKVCache:
         self.real = self.real[rows]
         self.visible = self.visible[rows]
 
+    def drop_leading_pads(self, at_least: int = 64) -> int:
+        """Drop the leading columns that are padding in every row, once there are ``at_least`` of
+        them; returns how many were dropped.
+
+        In a decoding pool (:class:`diffmas.decoding.DecodePool`) rows that join are left-padded to
+        the pool's width and rows that leave keep their columns, so without this the width, and the
+        cost of every step, grows with all the history of a long run. Position ids count real
+        columns only and a pad takes no attention, so no row's result changes beyond the rounding
+        of sums over another width. Segments keep naming the same columns. Only for traces whose
+        layers keep every position.
+        """
+        if not self.batch_size or not self.mergeable:
+            return 0
+        used = self.real.any(dim=0)  # (L,): a column some row still reads
+        n = int(used.int().argmax()) if bool(used.any()) else len(self)
+        if n < at_least:
+            return 0
+        for layer in self.kv.layers:  # (B, H, L, D) -> (B, H, L - n, D); a buffer's next append copies
+            layer.keys = layer.keys[..., n:, :]
+            layer.values = layer.values[..., n:, :]
+        self.real = self.real[:, n:]
+        self.visible = self.visible[:, n:]
+        self.segments = [Segment(s.agent, s.kind, max(s.start - n, 0), s.end - n) for s in self.segments if s.end > n]
+        return n
+
     @property
     def mergeable(self) -> bool:
         """Whether :meth:`add_rows` can merge this trace: every layer keeps all its positions

@@ -507,3 +507,31 @@ def test_each_answer_is_charged_its_share_of_the_compute(tiny_qwen, monkeypatch)
     readings = next(clock)  # two per timed phase
     assert sum(t.seconds for t in charged.values()) == pytest.approx(readings / 2)
     assert all(t.seconds >= 1 / 3 + 1 / 3 for t in charged.values())  # its preparation share and >= 1 step
+
+
+@torch.no_grad()
+def test_a_decoding_pool_drops_the_columns_no_row_reads(tiny_qwen):
+    """A row joins a pool left-padded to the pool's width; when the rows that needed those columns
+    leave, the pool drops them, so its width (and each step's cost) is that of its rows, not of
+    the run's history. The row decodes what it decodes alone (float32)."""
+    lm = LM(*tiny_qwen)
+    sampling = Sampling(min_new_tokens=1000)  # rows end at their budgets only
+
+    def add(pool, prompt, budget, key):
+        cache = lm.new_cache(1)
+        pool.add(cache, lm.prefill(cache, "A", [ids(lm, prompt)]), budget, [key])
+        return len(ids(lm, prompt))
+
+    alone = DecodePool(lm, "A", sampling)
+    add(alone, "the second question", 20, "b")
+    expected = [f for _ in range(20) for f in alone.step()]
+    pool = DecodePool(lm, "A", sampling)
+    a_prompt = add(pool, "the first question, which is a little longer", 100, "a")
+    assert not [f for _ in range(90) for f in pool.step()]
+    b_prompt = add(pool, "the second question", 20, "b")
+    assert len(pool.cache) == a_prompt + 90 >= b_prompt + 64  # b left-padded to a's width
+    finished = [f for _ in range(10) for f in pool.step()]
+    assert [f.key for f in finished] == ["a"]
+    assert len(pool.cache) == b_prompt + 10  # only b's own columns are left
+    finished = [f for _ in range(10) for f in pool.step()]
+    assert [f.key for f in finished] == ["b"] and finished[0].ids == expected[0].ids
