@@ -148,11 +148,8 @@ def _check_resume(out: Path, cfg: EvalConfig, sharded: bool = False) -> None:
             write_atomically(path, json.dumps(json.loads((out / SUMMARY).read_text())["config"]))
         except (OSError, json.JSONDecodeError, KeyError):
             pass
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            saved = {}  # check_settings says what is wrong with the file
+    saved = _saved(path) if path.exists() else None  # unreadable: {} (check_settings says why)
+    if saved is not None:
         before = saved.get("limit", cfg.limit)
         if cfg.limit is not None and (before is None or cfg.limit < before):
             raise DiffMASError(
@@ -161,7 +158,7 @@ def _check_resume(out: Path, cfg: EvalConfig, sharded: bool = False) -> None:
                 "larger one, or choose another --out"
             )
     fixed = [k for k in now if k not in FREE_ON_RESUME and k != "limit"]
-    if path.exists() and "adapter_weights" not in _saved(path):
+    if saved is not None and "adapter_weights" not in saved:
         fixed.remove("adapter_weights")  # saved before the contents were: not known, not compared
     check_settings(path, now, fixed, "the evaluation")
 

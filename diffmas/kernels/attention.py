@@ -14,6 +14,8 @@ so keys and values are never repeated per head.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -27,9 +29,22 @@ NAME = "diffmas_cpu"
 SHORT_QUERY = 16
 
 
-# The products and the softmax run in float32 under mixed-precision autocast too, as they do
-# for bfloat16 weights.
-@torch.autocast("cpu", enabled=False)
+def autocast_off(fn):
+    """Run ``fn`` with CPU autocast off when it is on (mixed-precision training), so that its
+    float32 sums stay float32. Checked first: this runs per layer and decode step, and the check
+    is cheaper than entering autocast's context."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not torch.is_autocast_enabled("cpu"):
+            return fn(*args, **kwargs)
+        with torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@autocast_off
 def _matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float
 ) -> torch.Tensor:

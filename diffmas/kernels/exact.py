@@ -36,7 +36,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from diffmas.errors import DiffMASError
 from diffmas.kernels.attention import NAME as CPU_NAME
-from diffmas.kernels.attention import SHORT_QUERY, diffmas_cpu_attention
+from diffmas.kernels.attention import SHORT_QUERY, autocast_off, diffmas_cpu_attention
 from diffmas.kernels.packed import PackedLinear, make_packed
 from diffmas.kernels.rows import MIN_ROWS
 
@@ -109,7 +109,7 @@ class _Group:
         return self._flat[key]
 
 
-@torch.autocast("cpu", enabled=False)  # float32 sums under mixed-precision autocast too
+@autocast_off
 def _chunked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group: _Group, scaling: float
 ) -> torch.Tensor:
