@@ -99,3 +99,43 @@ def test_a_collection_is_kept_without_the_dataset_and_resumed_from_it(runner, ti
     assert "its attempts so far from" in capsys.readouterr().out
     summary = json.loads((tmp_path / "runs" / "collect-teacher" / "summary.json").read_text())
     assert summary["attempts"] == 3 and summary["attempts_this_run"] == 0
+
+
+COMMITTED = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/experiment.yaml"))
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_every_committed_experiment_plans_commands_its_subcommands_accept(runner, name, monkeypatch, tmp_path):
+    """Each step of a committed experiment becomes a command whose flags and config file the
+    subcommand takes (a misspelt option or a stale config key fails here, not hours into a run)."""
+    from diffmas.cli._common import config_from
+    from diffmas.cli.collect import CollectConfig
+    from diffmas.cli.collect import parser as collect_parser
+    from diffmas.cli.compare import parser as compare_parser
+    from diffmas.cli.eval import EvalConfig
+    from diffmas.cli.eval import parser as eval_parser
+    from diffmas.cli.train import TrainConfig
+    from diffmas.cli.train import parser as train_parser
+
+    configs = {
+        "collect": (collect_parser, CollectConfig),
+        "train": (train_parser, TrainConfig),
+        "eval": (eval_parser, EvalConfig),
+    }
+    monkeypatch.chdir(ROOT)
+    folder = Path("experiments") / name
+    spec, steps = runner.load(folder)
+    spec["runs"] = str(tmp_path / "runs")  # nothing trained: every step plans a command
+    plan = runner.commands(folder, spec, steps)
+    assert len(plan) == len(steps) and all(argv is not None for _, _, argv in plan)
+    for kind, step, argv in plan:
+        assert argv[0] == kind
+        if kind == "compare":
+            compare_parser().parse_args(argv[1:])
+            continue
+        make, cls = configs[kind]
+        if "--adapter" in argv:  # its checks read the trained run: the flags alone here
+            make().parse_args(argv[1:])
+            continue
+        cfg, _ = config_from(make(), cls, argv[1:])
+        assert str(cfg.out) == argv[argv.index("--out") + 1], step
