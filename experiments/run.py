@@ -24,7 +24,9 @@ up where it stopped; a finished training run (its ``final`` checkpoint) is not s
 A collect step's attempts are also kept in ``results/collect-NAME/`` (the model's texts and
 scores, without the dataset's questions and answers), committed with the experiment: where
 ``runs`` has lost them (a new checkout), the step starts from that copy, so a collection made in
-one session trains the systems of the next without being made again.
+one session trains the systems of the next without being made again. ``from: FOLDER`` on a
+collect step makes it the step of the same name in another experiment (its options must be the
+same): both use, and keep, that folder's copy, so two experiments train on one collection.
 """
 
 from __future__ import annotations
@@ -90,10 +92,30 @@ def load(folder: Path) -> tuple[dict, list[tuple[str, str, dict]]]:
         name = str(options.pop("name", kind))
         if any(k == kind and n == name for k, n, _ in steps):
             raise ExperimentError(f"{path}: two {kind} steps are named {name!r}")
+        if kind == "collect" and "from" in options:
+            spec.setdefault("kept_in", {})[name] = shared_collect(path, name, options)
         steps.append((kind, name, options))
     if not steps:
         raise ExperimentError(f"{path} has no steps")
     return spec, steps
+
+
+def shared_collect(path: Path, name: str, options: dict) -> Path:
+    """The folder whose collect step NAME this one is (``from:``), checked to have its options."""
+    other = Path(str(options.pop("from")))
+    theirs = other / "experiment.yaml"
+    entries = (yaml.safe_load(theirs.read_text()) or {}).get("steps") or [] if theirs.is_file() else []
+    match = [
+        dict(e["collect"]) for e in entries if isinstance(e, dict) and (e.get("collect") or {}).get("name") == name
+    ]
+    if not match or "from" in match[0]:
+        raise ExperimentError(f"{path}: collect {name!r} is from {other}, which has no collect step of that name")
+    match[0].pop("name")
+    if match[0] != options:
+        raise ExperimentError(
+            f"{path}: collect {name!r} must have the options of its step in {other} ({match[0]}), got {options}"
+        )
+    return other
 
 
 def output_of(folder: Path, runs: Path, kind: str, name: str) -> Path:
@@ -175,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.perf_counter()
         target = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
-        if kind == "collect" and seed_collect(target, kept_copy(args.folder, name)):
-            print(f"   (its attempts so far from {kept_copy(args.folder, name)})", flush=True)
+        copy = kept_copy(spec.get("kept_in", {}).get(name, args.folder), name)
+        if kind == "collect" and seed_collect(target, copy):
+            print(f"   (its attempts so far from {copy})", flush=True)
         rc = subprocess.run([sys.executable, "-m", "diffmas", *argv]).returncode
         if kind == "collect" and rc == 0:
-            publish_collect(target, kept_copy(args.folder, name))
+            publish_collect(target, copy)
         report.append((kind, name, "ok" if rc == 0 else f"failed (exit {rc})", time.perf_counter() - started))
         if rc != 0:
             print(f"step {kind}:{name} failed with exit code {rc}; fix it and rerun: finished steps are kept")

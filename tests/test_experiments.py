@@ -139,3 +139,28 @@ def test_every_committed_experiment_plans_commands_its_subcommands_accept(runner
             continue
         cfg, _ = config_from(make(), cls, argv[1:])
         assert str(cfg.out) == argv[argv.index("--out") + 1], step
+
+
+def test_a_collect_step_from_another_experiment_shares_its_kept_copy(runner, tiny_model_dir, tmp_path, capsys):
+    collect = {"name": "teacher", "method": "single", "model": tiny_model_dir, "dtype": "float32"}
+    collect |= {"task": "synthetic-arith", "limit": 2, "max_new_tokens": 4}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, step in ((first, collect), (second, collect | {"from": str(first)})):
+        folder.mkdir()
+        spec = {"runs": str(tmp_path / folder.name / "runs"), "steps": [{"collect": step}]}
+        (folder / "experiment.yaml").write_text(yaml.safe_dump(spec))
+    assert runner.main([str(first)]) == 0
+    capsys.readouterr()
+    assert runner.main([str(second)]) == 0  # starts from the first's copy: nothing sampled again
+    assert f"from {first / 'results' / 'collect-teacher'}" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "second" / "runs" / "collect-teacher" / "summary.json").read_text())
+    assert summary["attempts_this_run"] == 0 and not (second / "results").exists()
+
+    (second / "experiment.yaml").write_text(
+        yaml.safe_dump({"steps": [{"collect": collect | {"from": str(first), "limit": 3}}]})
+    )
+    assert runner.main([str(second), "--dry-run"]) == 2
+    assert "must have the options of its step" in capsys.readouterr().err
+    (second / "experiment.yaml").write_text(yaml.safe_dump({"steps": [{"collect": collect | {"from": str(second)}}]}))
+    assert runner.main([str(second), "--dry-run"]) == 2
+    assert "which has no collect step of that name" in capsys.readouterr().err
