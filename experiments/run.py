@@ -108,8 +108,12 @@ def shared_collect(path: Path, name: str, options: dict) -> Path:
     match = [
         dict(e["collect"]) for e in entries if isinstance(e, dict) and (e.get("collect") or {}).get("name") == name
     ]
-    if not match or "from" in match[0]:
+    if not match:
         raise ExperimentError(f"{path}: collect {name!r} is from {other}, which has no collect step of that name")
+    if "from" in match[0]:
+        raise ExperimentError(
+            f"{path}: collect {name!r} is from {other}, whose step is from another folder: name that one"
+        )
     match[0].pop("name")
     if match[0] != options:
         raise ExperimentError(

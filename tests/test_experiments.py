@@ -163,4 +163,7 @@ def test_a_collect_step_from_another_experiment_shares_its_kept_copy(runner, tin
     assert "must have the options of its step" in capsys.readouterr().err
     (second / "experiment.yaml").write_text(yaml.safe_dump({"steps": [{"collect": collect | {"from": str(second)}}]}))
     assert runner.main([str(second), "--dry-run"]) == 2
+    assert "whose step is from another folder" in capsys.readouterr().err
+    (second / "experiment.yaml").write_text(yaml.safe_dump({"steps": [{"collect": collect | {"from": str(tmp_path)}}]}))
+    assert runner.main([str(second), "--dry-run"]) == 2
     assert "which has no collect step of that name" in capsys.readouterr().err
