@@ -78,7 +78,17 @@ class ExperimentError(Exception):
 
 
 def load(folder: Path) -> tuple[dict, list[tuple[str, str, dict]]]:
-    """The experiment's settings and its steps as (kind, name, options)."""
+    """The experiment's settings and its steps as (kind, name, options), shared collections
+    (``from:``) resolved into ``spec["kept_in"]``."""
+    spec, steps = read_steps(folder)
+    for kind, name, options in steps:
+        if kind == "collect" and "from" in options:
+            spec.setdefault("kept_in", {})[name] = shared_collect(folder, name, options)
+    return spec, steps
+
+
+def read_steps(folder: Path) -> tuple[dict, list[tuple[str, str, dict]]]:
+    """The experiment.yaml's settings and steps, checked, as written."""
     path = folder / "experiment.yaml"
     if not path.is_file():
         raise ExperimentError(f"{path} does not exist: an experiment folder holds an experiment.yaml")
@@ -92,29 +102,27 @@ def load(folder: Path) -> tuple[dict, list[tuple[str, str, dict]]]:
         name = str(options.pop("name", kind))
         if any(k == kind and n == name for k, n, _ in steps):
             raise ExperimentError(f"{path}: two {kind} steps are named {name!r}")
-        if kind == "collect" and "from" in options:
-            spec.setdefault("kept_in", {})[name] = shared_collect(path, name, options)
         steps.append((kind, name, options))
     if not steps:
         raise ExperimentError(f"{path} has no steps")
     return spec, steps
 
 
-def shared_collect(path: Path, name: str, options: dict) -> Path:
-    """The folder whose collect step NAME this one is (``from:``), checked to have its options."""
-    other = Path(str(options.pop("from")))
-    theirs = other / "experiment.yaml"
-    entries = (yaml.safe_load(theirs.read_text()) or {}).get("steps") or [] if theirs.is_file() else []
-    match = [
-        dict(e["collect"]) for e in entries if isinstance(e, dict) and (e.get("collect") or {}).get("name") == name
-    ]
+def shared_collect(folder: Path, name: str, options: dict) -> Path:
+    """The folder whose collect step NAME this one is (``from:``), checked to have its options.
+    Read without resolving its own ``from:``, so folders that name each other cannot loop."""
+    path, other = folder / "experiment.yaml", Path(str(options.pop("from")))
+    try:
+        _, theirs = read_steps(other)
+    except ExperimentError:
+        theirs = []
+    match = [o for k, n, o in theirs if k == "collect" and n == name]
     if not match:
         raise ExperimentError(f"{path}: collect {name!r} is from {other}, which has no collect step of that name")
     if "from" in match[0]:
         raise ExperimentError(
             f"{path}: collect {name!r} is from {other}, whose step is from another folder: name that one"
         )
-    match[0].pop("name")
     if match[0] != options:
         raise ExperimentError(
             f"{path}: collect {name!r} must have the options of its step in {other} ({match[0]}), got {options}"
