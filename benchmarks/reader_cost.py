@@ -41,6 +41,10 @@ def timed_pass(trainer, steps: int) -> float:
     started = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
+    if str(trainer.lm.device).startswith("cuda"):  # the step queues kernels: wait for them
+        import torch
+
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -172,6 +176,7 @@ def measure_plain(args: argparse.Namespace) -> dict:
         "s_per_trajectory": seconds / n,
         "tokens_per_s": tokens / seconds,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        **({"peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30} if cfg.device.startswith("cuda") else {}),
     }
 
 
@@ -179,7 +184,8 @@ def print_table(rows: list[dict], epochs: int) -> None:
     base = next((r for r in rows if r["row"] == "single_sft"), None)
     plain = next((r for r in rows if r["row"] == "plain"), None)
     print(
-        f"| row | s / trajectory ({epochs} passes) | vs single_sft | vs plain | first pass | later passes | peak GB |"
+        f"| row | s / trajectory ({epochs} passes) | vs single_sft | vs plain | first pass | later passes "
+        f"| peak GB ({'GPU' if 'peak_gpu_gb' in rows[0] else 'resident'}) |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -188,7 +194,7 @@ def print_table(rows: list[dict], epochs: int) -> None:
         later = f"{r['later_pass_s']:.2f}" if "later_pass_s" in r else "-"
         print(
             f"| {r['row']} | {r['s_per_trajectory']:.3f} | {ratio} | {vs_plain} | {r['first_pass_s']:.3f} | {later} | "
-            f"{r['peak_rss_gb']:.1f} |"
+            f"{r.get('peak_gpu_gb', r['peak_rss_gb']):.1f} |"
         )
     if plain:
         print(f"plain: {plain['tokens_per_s']:.0f} tokens / s (prompt and target)")

@@ -3,6 +3,7 @@
     DIFFMAS_DATA_DIR=../shared/data python experiments/run.py experiments/reader-qwen0.5b-dev
     python experiments/run.py experiments/NAME --only train:diffmas eval:diffmas   # some steps
     python experiments/run.py experiments/NAME --dry-run                            # print the commands
+    python experiments/run.py experiments/NAME --set device=cuda --set eval.batch_size=64 --runs /tmp/runs
 
 An experiment is a folder with an ``experiment.yaml``:
 
@@ -152,9 +153,27 @@ def flags(options: dict, resolve) -> list[str]:
     return out
 
 
-def commands(folder: Path, spec: dict, steps) -> list[tuple[str, str, list[str] | None]]:
-    """(kind, name, argv of ``diffmas``) per step; None: nothing left to do."""
-    runs = Path(spec.get("runs") or f"runs/experiments/{folder.name}")
+def overrides(settings: list[str]) -> dict[str, dict]:
+    """``["device=cuda", "eval.batch_size=64"]`` -> ``{"collect": {...}, "train": {...}, "eval": {...}}``:
+    a bare key applies to every collect, train and eval step, ``KIND.key`` to that kind's."""
+    out: dict[str, dict] = {kind: {} for kind in KINDS[:3]}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        kind, dot, name = key.rpartition(".")
+        if not sep or not name or (dot and kind not in out):
+            raise ExperimentError(f"--set {item!r}: expected KEY=VALUE or KIND.KEY=VALUE, KIND one of {list(out)}")
+        for k in [kind] if dot else out:
+            out[k][name] = yaml.safe_load(value)
+    return out
+
+
+def commands(
+    folder: Path, spec: dict, steps, runs: Path | None = None, extra: dict[str, dict] | None = None
+) -> list[tuple[str, str, list[str] | None]]:
+    """(kind, name, argv of ``diffmas``) per step; None: nothing left to do. ``runs`` replaces the
+    folder's own; ``extra`` (:func:`overrides`) adds or replaces step options."""
+    runs = runs or Path(spec.get("runs") or f"runs/experiments/{folder.name}")
+    extra = extra or {}
     done = {(k, n) for k, n, _ in steps}
 
     def resolve(value: str) -> str:
@@ -174,7 +193,7 @@ def commands(folder: Path, spec: dict, steps) -> list[tuple[str, str, list[str] 
         elif kind == "train" and (target / "final" / "manifest.json").exists():
             argv = None  # finished
         else:
-            argv = [kind, *flags(options, resolve), "--out", str(target), "--resume"]
+            argv = [kind, *flags({**options, **extra.get(kind, {})}, resolve), "--out", str(target), "--resume"]
         out.append((kind, name, argv))
     return out
 
@@ -184,10 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="the experiment folder (holds experiment.yaml)")
     p.add_argument("--only", nargs="+", default=None, metavar="KIND:NAME", help="run only these steps")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[KIND.]KEY=VALUE",
+        help="add or replace an option of every collect, train and eval step, or of one kind's "
+        "(--set device=cuda --set eval.batch_size=64): where and how fast, for another machine",
+    )
+    p.add_argument("--runs", type=Path, default=None, help="collect and train outputs here, not the folder's `runs`")
     args = p.parse_args(argv)
     try:
         spec, steps = load(args.folder)
-        plan = commands(args.folder, spec, steps)
+        plan = commands(args.folder, spec, steps, args.runs, overrides(args.set))
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -69,6 +69,32 @@ def test_dry_run_and_bad_folders(runner, tiny_model_dir, tmp_path, capsys):
     assert runner.main([str(write(tmp_path / "exp2", tiny_model_dir, tmp_path / "r")), "--only", "eval:x"]) == 2
 
 
+def test_set_and_runs_move_an_experiment_to_another_machine(runner, tiny_model_dir, tmp_path, capsys):
+    folder = write(tmp_path / "exp", tiny_model_dir, tmp_path / "runs")
+    args = [
+        str(folder),
+        "--dry-run",
+        "--set",
+        "device=cuda",
+        "--set",
+        "eval.batch_size=64",
+        "--runs",
+        str(tmp_path / "gpu"),
+    ]
+    assert runner.main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    train, single, diffmas, compare = lines
+    assert "--device cuda" in train and "--batch-size" not in train and f"--out {tmp_path / 'gpu'}" in train
+    assert single.count("--device cuda") == 1 and "--batch-size 64" in single
+    assert f"--adapter {tmp_path / 'gpu' / 'train-diffmas'}" in diffmas and "--device" not in compare
+    assert runner.main([str(folder), "--dry-run", "--set", "eval.limit=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--limit 2") == 2 and "--limit 3" not in out  # replaced, not added
+    for bad in ("device", "nokind.x=1", "=3"):
+        assert runner.main([str(folder), "--dry-run", "--set", bad]) == 2
+        assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
 def test_a_collection_is_kept_without_the_dataset_and_resumed_from_it(runner, tiny_model_dir, tmp_path, capsys):
     collect = {
         "name": "teacher",
