@@ -39,9 +39,8 @@ def generate_row(system, questions: list[str], batch: int, max_new_tokens: int) 
     """Hugging Face generate over ``questions`` in batches: (texts, generated tokens)."""
     lm = system.lm
     tok, model = lm.tokenizer, lm.model
-    stops = list(model.generation_config.eos_token_id or [])
-    stops = stops if isinstance(stops, list) else [stops]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    stops = lm.stop_ids.tolist()  # the turn ends diffmas's own decoding stops at
+    pad = lm.pad_id
     prompts = system.method.build_prompts(questions)
     texts, generated = [], 0
     for start in range(0, len(prompts), batch):
