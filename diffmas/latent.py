@@ -10,6 +10,11 @@ so that ``h @ W_a`` approximates the input embedding of the token that h would p
 rescale every vector to the mean L2 norm of the input-embedding rows (that rescaling matters even
 with realignment switched off).
 
+:class:`SoftEmbedding` is the other choice (``latent_input: soft``): the next input is the input
+embedding expected under the next-token distribution that h predicts, softmax(h W_out^T / T) W_in,
+so every latent vector is a convex combination of token embeddings, inside the region the model
+was trained to read; T -> 0 tends to the greedy token's embedding.
+
 :class:`CommAdapter` is the trainable version of that map (DiffMAS's communication encoder): it
 starts as the realignment and learns from there.
 """
@@ -22,7 +27,10 @@ import torch
 from torch import nn
 
 from diffmas.engine import LM
+from diffmas.errors import DiffMASError
 from diffmas.kernels.rows import at_least_rows
+
+LATENT_INPUTS = ("hidden", "soft")
 
 
 def _input_embedding_scale(lm: LM) -> float:
@@ -63,6 +71,47 @@ class Realigner:
             x = at_least_rows(lambda rows: rows @ self.matrix, x)
         x = x * (self.target_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return x.to(self.dtype).unsqueeze(1)
+
+
+class SoftEmbedding:
+    """Maps (B, d) last-layer hidden states to the (B, 1, d) expected input embedding of the token
+    they predict: the next-token probabilities at ``temperature`` times the embedding matrix."""
+
+    def __init__(self, lm: LM, temperature: float = 1.0):
+        if not temperature > 0:
+            raise DiffMASError(f"the soft latent input's temperature must be positive, got {temperature}")
+        self.lm = lm
+        self.temperature = float(temperature)
+        self.dtype = lm.dtype
+        self.scale = _input_embedding_scale(lm)
+
+    @classmethod
+    def for_lm(cls, lm: LM, temperature: float = 1.0) -> SoftEmbedding:
+        cached = lm.__dict__.setdefault("_soft_embeddings", {})
+        if temperature not in cached:
+            cached[temperature] = cls(lm, temperature)
+        return cached[temperature]
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        w_in = self.lm.model.get_input_embeddings().weight  # (V, d), the model's dtype: no copy
+        # Both products on at least MIN_ROWS rows, as in Realigner: the same rounding whatever the
+        # batch size.
+        logits = at_least_rows(self.lm.logits, hidden)  # (B, V) float32
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        x = at_least_rows(lambda rows: rows @ w_in, probs.to(w_in.dtype)) * self.scale
+        return x.to(self.dtype).unsqueeze(1)
+
+
+def latent_map_for(
+    lm: LM, latent_input: str | None = "hidden", realign: bool = True, temperature: float | None = 1.0
+) -> LatentMap:
+    """The fixed (untrained) latent map of these settings (None: the defaults, hidden and 1)."""
+    latent_input = latent_input or "hidden"
+    if latent_input == "soft":
+        return SoftEmbedding.for_lm(lm, 1.0 if temperature is None else temperature)
+    if latent_input != "hidden":
+        raise DiffMASError(f"latent_input must be one of {LATENT_INPUTS}, got {latent_input!r}")
+    return Realigner.for_lm(lm, realign)
 
 
 class CommAdapter(nn.Module):

@@ -11,7 +11,7 @@ from diffmas.agents import AgentSpec, SystemSpec, load_system
 from diffmas.decoding import AnswerCue, DecodePool, Sampling, decode, looping
 from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
-from diffmas.latent import Realigner, run_latent_steps
+from diffmas.latent import Realigner, SoftEmbedding, run_latent_steps
 from diffmas.methods import LatentMAS, MethodConfig, SingleAgent, TextMAS
 from diffmas.prompts import agent_messages
 
@@ -117,6 +117,36 @@ def test_realigner_solves_ridge_problem_and_rescales(lm):
         assert out.shape == (3, 1, w_out.shape[1])
         norms = out.float().norm(dim=-1).flatten()
         torch.testing.assert_close(norms, torch.full_like(norms, w_in.norm(dim=1).mean().item()), rtol=1e-3, atol=1e-3)
+
+
+@torch.no_grad()
+def test_soft_latent_input_is_the_expected_embedding_of_the_next_token(lm):
+    w_in = lm.model.get_input_embeddings().weight.detach().float()
+    h = torch.randn(3, w_in.shape[1]) * 5
+    probs = torch.softmax(lm.logits(h), dim=-1)
+    out = SoftEmbedding(lm, 1.0)(h)
+    assert out.shape == (3, 1, w_in.shape[1])
+    torch.testing.assert_close(out[:, 0].float(), probs @ w_in, atol=1e-5, rtol=1e-4)
+    # a cold distribution gives the greedy token's own embedding
+    cold = SoftEmbedding(lm, 1e-4)(h)[:, 0].float()
+    torch.testing.assert_close(cold, w_in[lm.logits(h).argmax(-1)], atol=1e-4, rtol=1e-4)
+    # each row alone is what it is in the batch
+    torch.testing.assert_close(SoftEmbedding(lm, 1.0)(h[1:2]), out[1:2], atol=0, rtol=0)
+    with pytest.raises(DiffMASError, match="positive"):
+        SoftEmbedding(lm, 0.0)
+
+
+@torch.no_grad()
+def test_latent_input_setting_picks_the_map(lm):
+    method = LatentMAS(
+        lm, MethodConfig(latent_steps=2, latent_input="soft", soft_temperature=0.5), system=load_system("sequential")
+    )
+    assert isinstance(method.latent_map, SoftEmbedding) and method.latent_map.temperature == 0.5
+    assert isinstance(LatentMAS(lm, MethodConfig(), system=load_system("sequential")).latent_map, Realigner)
+    traces = method.run(QUESTIONS[:2])
+    assert [t.latent_steps for t in traces] == [2 * len(method.system.upstream)] * 2
+    with pytest.raises(DiffMASError, match="latent_input"):
+        _ = LatentMAS(lm, MethodConfig(latent_input="words"), system=load_system("sequential")).latent_map
 
 
 @torch.no_grad()

@@ -102,6 +102,22 @@ def test_a_changed_setting_builds_a_new_trace(tmp_path):
     assert steps == [2, 3, 3, 3]
 
 
+def test_soft_latent_inputs_and_their_temperature_key_their_own_traces(tmp_path):
+    method, adapters = make(comm=False)
+    store = store_of(method, adapters, tmp_path)
+    with torch.no_grad():
+        hidden = rows_of(store.context(QUESTIONS[:1]).cache)[0]
+        method.config.latent_input = "soft"
+        soft = rows_of(store.context(QUESTIONS[:1]).cache)[0]
+        method.config.soft_temperature = 0.5
+        store.context(QUESTIONS[:1])
+        method.config.soft_temperature = 1.0
+        again = rows_of(store.context(QUESTIONS[:1]).cache)[0]
+    assert store.built == 3 and store.reused == 1
+    # a stored soft trace is read back as built; it differs from the hidden one
+    assert not torch.equal(hidden.keys[-1], soft.keys[-1]) and torch.equal(soft.keys[-1], again.keys[-1])
+
+
 def test_the_adapter_seed_does_not_change_the_key(tmp_path):
     """Freshly initialised LoRA adapters (B = 0) leave the trace as the base model writes it."""
     method, adapters = make()

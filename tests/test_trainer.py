@@ -17,6 +17,7 @@ from diffmas import checkpoint as ckpt
 from diffmas.cli import main
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
+from diffmas.latent import SoftEmbedding
 from diffmas.methods import SetupConfig
 from diffmas.models import build_tiny_model, load_model
 from diffmas.tasks import get_task
@@ -319,6 +320,37 @@ def test_diffmas_prompts_default_to_those_it_was_trained_with(model_dir, tmp_pat
     fresh = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
     plain = SetupConfig(method="latent_mas", model=model_dir).build_method(fresh, get_task("synthetic-arith"))
     assert not plain.config.repeat_question
+
+
+def test_soft_latent_input_is_trained_recorded_and_used_at_evaluation(model_dir, tmp_path, capsys):
+    """A reader run on soft latent inputs records them; diffmas then runs them without being told,
+    and says so when told otherwise."""
+    run = tmp_path / "soft"
+    flags = ("--max-steps", "1", "--latent-input", "soft", "--soft-temperature", "0.5", "--no-comm-adapter")
+    assert main(train_args(model_dir, run, *flags, "--grad-through", "none")) == 0
+    manifest = json.loads((run / "final" / "manifest.json").read_text())
+    assert (manifest["latent_input"], manifest["soft_temperature"], manifest["comm_adapter"]) == ("soft", 0.5, False)
+    capsys.readouterr()
+    lm = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
+    method = SetupConfig(method="diffmas", model=model_dir, adapter=str(run / "final")).build_method(
+        lm, get_task("synthetic-arith")
+    )
+    assert isinstance(method.latent_map, SoftEmbedding) and method.latent_map.temperature == 0.5
+    assert "trained with" not in capsys.readouterr().err
+    fresh = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
+    SetupConfig(method="diffmas", model=model_dir, adapter=str(run / "final"), latent_input="hidden").build_method(
+        fresh, get_task("synthetic-arith")
+    )
+    assert "trained with --latent-input soft; running with hidden" in capsys.readouterr().err
+
+
+def test_soft_latent_input_refuses_a_communication_adapter():
+    with pytest.raises(DiffMASError, match="--no-comm-adapter"):
+        TrainConfig(latent_input="soft", comm_adapter=True)
+    with pytest.raises(DiffMASError, match="soft_temperature"):
+        TrainConfig(latent_input="soft", comm_adapter=False, soft_temperature=0)
+    TrainConfig(latent_input="soft", comm_adapter=False)
+    TrainConfig(method="single_sft", latent_input="soft")  # no latent steps: nothing to refuse
 
 
 def test_eval_single_sft(model_dir, tmp_path):

@@ -14,6 +14,7 @@ from diffmas.decoding import AnswerCue, DecodePool, Finished, Sampling, decode_r
 from diffmas.engine import LM
 from diffmas.errors import ContextLengthError, DiffMASError
 from diffmas.kv_trace import SharedKVCache
+from diffmas.latent import LATENT_INPUTS
 from diffmas.methods.scoring import continuation_scores
 from diffmas.options import SamplingOptions
 from diffmas.prompts import DEFAULT_ANSWER_FORMAT
@@ -30,6 +31,15 @@ class MethodConfig(SamplingOptions):
         f"latent steps per upstream agent (default: {DEFAULT_LATENT_STEPS}; diffmas: as its adapters were trained)",
     )
     realign: bool = option(True, "map hidden states into the input-embedding space before feeding them back")
+    latent_input: str | None = option(
+        None,
+        "what a latent step feeds back: hidden (the realigned last hidden state, as LatentMAS) or soft (the "
+        "input embedding expected under its next-token distribution) (default: hidden; diffmas: as trained)",
+        choices=LATENT_INPUTS,
+    )
+    soft_temperature: float | None = option(
+        None, "temperature of the soft latent input's distribution (default: 1; diffmas: as trained)"
+    )
     max_new_tokens: int = option(512, "token budget of the agent that writes the answer")
     agent_max_new_tokens: int = option(256, "token budget of each intermediate text agent (text_mas)")
     # An untrained latent_mas judger ended its turn at once on 6 of 50 MedQA problems: an empty

@@ -18,7 +18,7 @@ import torch
 
 from diffmas.errors import DiffMASError
 from diffmas.kv_trace import SharedKVCache
-from diffmas.latent import LatentMap, Realigner, run_latent_steps
+from diffmas.latent import LatentMap, latent_map_for, run_latent_steps
 from diffmas.methods.base import AgentTrace, Context, Method, per_row
 from diffmas.prompts import agent_messages
 
@@ -30,12 +30,11 @@ class LatentMAS(Method):
     comm: LatentMap | None = None
 
     @property
-    def realigner(self) -> Realigner:
-        return Realigner.for_lm(self.lm, self.config.realign)
-
-    @property
     def latent_map(self) -> LatentMap:
-        return self.comm if self.comm is not None else self.realigner
+        if self.comm is not None:
+            return self.comm
+        cfg = self.config
+        return latent_map_for(self.lm, cfg.latent_input, cfg.realign, cfg.soft_temperature)
 
     def steps_for(self, index: int) -> int:
         agent = self.system.agents[index]

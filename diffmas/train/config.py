@@ -14,6 +14,7 @@ from diffmas.adapters import LoraSettings
 from diffmas.config import option
 from diffmas.engine import ModelConfig
 from diffmas.errors import DiffMASError
+from diffmas.latent import LATENT_INPUTS
 from diffmas.options import OutputOptions, SystemOptions, TrainingDataOptions
 from diffmas.train.data import TARGETS
 from diffmas.train.objective import GRAD_THROUGH, ObjectiveConfig
@@ -38,6 +39,8 @@ FIXED_ON_RESUME = (
     "role_steps",
     "topology",
     "realign",
+    "latent_input",
+    "soft_temperature",
     "repeat_question",
     "comm_adapter",
     "lora_rank",
@@ -63,6 +66,13 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
     )
     latent_steps: int = option(10, "latent steps per upstream agent (without a curriculum; the ramp's end)")
     realign: bool = option(True, "start latent inputs from the ridge realignment (else the identity)")
+    latent_input: str = option(
+        "hidden",
+        "what a latent step feeds back: hidden (the realigned last hidden state, as LatentMAS) | soft (the "
+        "input embedding expected under its next-token distribution; no communication adapter)",
+        choices=LATENT_INPUTS,
+    )
+    soft_temperature: float = option(1.0, "temperature of the soft latent input's next-token distribution")
     repeat_question: bool = option(
         False,
         "state the question in every agent's prompt (default: only where the "
@@ -185,6 +195,15 @@ class TrainConfig(ModelConfig, SystemOptions, TrainingDataOptions, OutputOptions
             )
         if not 0 <= self.min_lr_ratio <= 1:
             raise DiffMASError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.latent_input not in LATENT_INPUTS:
+            raise DiffMASError(f"latent_input must be one of {LATENT_INPUTS}, got {self.latent_input!r}")
+        if self.soft_temperature <= 0:
+            raise DiffMASError(f"soft_temperature must be positive, got {self.soft_temperature}")
+        if self.latent_input == "soft" and self.comm_adapter and self.method == "diffmas":
+            raise DiffMASError(
+                "the communication adapter maps hidden states, which --latent-input soft does not feed back: "
+                "pass --no-comm-adapter (or comm_adapter: false) with it"
+            )
         if self.curriculum is not None and self.ramp_steps:
             raise DiffMASError("give either a curriculum or ramp_steps, not both")
         if self.curriculum is not None:

@@ -108,6 +108,8 @@ def manifest_of(
     latent_steps: int,
     task: str,
     repeat_question: bool = False,
+    latent_input: str = "hidden",
+    soft_temperature: float = 1.0,
 ) -> dict:
     first = adapters.adapter_names[0]
     targets = adapters.peft_model.peft_config[first].target_modules
@@ -129,6 +131,8 @@ def manifest_of(
         "lora": lora,
         "comm_adapter": comm,
         "realign": realign,
+        "latent_input": latent_input,
+        "soft_temperature": soft_temperature,
         "latent_steps": latent_steps,
         "task": task,
         "repeat_question": repeat_question,

@@ -43,6 +43,7 @@ from diffmas.adapters import AgentAdapters
 from diffmas.checkpoint import model_signature
 from diffmas.errors import DiffMASError
 from diffmas.kv_trace import SharedKVCache
+from diffmas.latent import SoftEmbedding
 from diffmas.methods import LatentMAS
 from diffmas.methods.base import AgentTrace, Context, per_row
 
@@ -164,6 +165,7 @@ class TraceStore:
             "topology": system.topology,
             "upstream": upstream,
             "latent_map": [type(latent_map).__name__, getattr(latent_map, "target_norm", None)]
+            + ([latent_map.temperature] if isinstance(latent_map, SoftEmbedding) else [])
             + [tensor_hash(w) if w is not None else None for w in weights],
         }
 

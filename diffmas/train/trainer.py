@@ -128,7 +128,11 @@ class Trainer:
     def _build_method(self) -> None:
         cfg, lm, task = self.cfg, self.lm, self.task
         method_cfg = MethodConfig(
-            latent_steps=cfg.latent_steps_at(0), realign=cfg.realign, repeat_question=cfg.repeat_question
+            latent_steps=cfg.latent_steps_at(0),
+            realign=cfg.realign,
+            latent_input=cfg.latent_input,
+            soft_temperature=cfg.soft_temperature,
+            repeat_question=cfg.repeat_question,
         )
         self.comm: CommAdapter | None = None
         if cfg.method == "single_sft":
@@ -397,6 +401,8 @@ class Trainer:
                 system=self.system,
                 comm=self.comm is not None,
                 realign=self.cfg.realign,
+                latent_input=self.cfg.latent_input,
+                soft_temperature=self.cfg.soft_temperature,
                 latent_steps=last_used,
                 task=self.cfg.task,
                 repeat_question=self.cfg.repeat_question,
