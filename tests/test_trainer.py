@@ -344,6 +344,13 @@ def test_soft_latent_input_is_trained_recorded_and_used_at_evaluation(model_dir,
     assert "trained with --latent-input soft; running with hidden" in capsys.readouterr().err
 
 
+def test_a_trained_communication_adapter_is_not_bypassed_by_soft_inputs(trained, model_dir):
+    lm = LM(*load_model(model_dir, dtype="float32"), name=model_dir)
+    setup = SetupConfig(method="diffmas", model=model_dir, adapter=str(trained[1]["out"]), latent_input="soft")
+    with pytest.raises(DiffMASError, match="communication adapter"):
+        setup.build_method(lm, get_task("synthetic-arith"))
+
+
 def test_soft_latent_input_refuses_a_communication_adapter():
     with pytest.raises(DiffMASError, match="--no-comm-adapter"):
         TrainConfig(latent_input="soft", comm_adapter=True)

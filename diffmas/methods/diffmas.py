@@ -61,6 +61,11 @@ class DiffMAS(LatentMAS):
         self.checkpoint = checkpoint
         self.adapters = checkpoint.attach(lm)
         self.comm = checkpoint.load_comm(lm, self.config.realign)
+        if self.comm is not None and self.config.latent_input == "soft":
+            raise DiffMASError(
+                f"{checkpoint.path} has a trained communication adapter, a map of hidden states, which soft "
+                "latent inputs would leave out: run it without --latent-input soft"
+            )
         self._note_differences()
 
     def _note_differences(self) -> None:
