@@ -4,6 +4,9 @@ A run is a directory written by ``diffmas eval`` (its summary.json), a summary.j
 of summaries (``diffmas demo`` writes one), or a directory whose subdirectories are runs. The HTML
 report is self-contained: the plots are embedded, so the file can be mailed or archived alone.
 
+A run still in progress (``records.jsonl`` and ``eval_config.json``, no summary yet) is summarised
+from the records it has and labelled as partial, so a long evaluation can be compared as it goes.
+
 Runs of one task with per-example records (``records.jsonl`` beside the summary) are also compared
 in pairs on the problems both answered: how many each got right that the other did not, and the
 exact McNemar p-value of that difference. Two methods on the same problems are far better told
@@ -21,7 +24,7 @@ import math
 from pathlib import Path
 
 from diffmas.errors import DiffMASError
-from diffmas.records import RECORDS, read_records
+from diffmas.records import RECORDS, SETTINGS, read_records, summarise
 from diffmas.report import plot_accuracy
 
 SUMMARY = "summary.json"
@@ -65,16 +68,33 @@ def _summaries_in(path: Path) -> list[dict]:
         label = path.name if path.is_dir() else path.parent.name
         records = file.parent / RECORDS if len(items) == 1 and (file.parent / RECORDS).is_file() else None
         return [{**s, "_run": label if len(items) == 1 else s["method"], "_records": records} for s in items]
+    if path.is_dir() and (path / RECORDS).is_file() and (path / SETTINGS).is_file():
+        return [_partial(path)]
     if path.is_dir():
         found = [
             s
             for sub in sorted(p for p in path.iterdir() if p.is_dir())
             for s in _summaries_in(sub)
-            if (sub / SUMMARY).is_file() or any(sub.glob(f"*/{SUMMARY}"))
+            if (sub / SUMMARY).is_file() or (sub / RECORDS).is_file() or any(sub.glob(f"*/{SUMMARY}"))
         ]
         if found:
             return found
     raise DiffMASError(f"no {SUMMARY} in {path}: pass directories written by `diffmas eval --out DIR`")
+
+
+def _partial(path: Path) -> dict:
+    """The summary of an unfinished run, from its records so far."""
+    try:
+        config = json.loads((path / SETTINGS).read_text())
+    except json.JSONDecodeError as exc:
+        raise DiffMASError(f"{path / SETTINGS} is not valid JSON ({exc.msg})") from None
+    records = read_records(path / RECORDS)
+    if not records:
+        raise DiffMASError(f"{path} has no records yet: nothing to compare")
+    summary = summarise(records, config, {"split": config.get("split"), "partial": True})
+    limit = config.get("limit")
+    label = f"{path.name} (partial: {summary['n']}" + (f" of {limit})" if limit else ")")
+    return {**summary, "_run": label, "_records": path / RECORDS}
 
 
 def load_runs(paths: list[str | Path]) -> list[dict]:

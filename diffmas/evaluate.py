@@ -25,6 +25,7 @@ from diffmas.methods import Method, SetupConfig
 from diffmas.options import DataOptions, OutputOptions, check_samples
 from diffmas.records import (
     RECORDS,
+    SETTINGS,
     SUMMARY,
     make_record,
     peak_memory_mb,
@@ -39,7 +40,6 @@ from diffmas.records import (
 from diffmas.rundir import LOCK, RunLock, check_settings
 from diffmas.tasks import Example, LoadResult, Task, get_task
 
-SETTINGS = "eval_config.json"
 SHARD_GLOB = "records.shard-*.jsonl"
 MERGE_LOCK = ".lock-merge"
 # Settings a resumed evaluation may change: where and how fast it runs, not what it answers.

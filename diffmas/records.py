@@ -11,7 +11,7 @@ import json
 import math
 import resource
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from diffmas.rundir import write_atomically
 from diffmas.tasks import Example, Task
 
 RECORDS = "records.jsonl"
+SETTINGS = "eval_config.json"  # an evaluation run's config, written before its first record
 SUMMARY = "summary.json"
 
 
@@ -134,7 +135,9 @@ def mean_of(values: list[float]) -> float | None:
 
 
 def summarise(records: list[dict], cfg: Any, extra: dict) -> dict:
-    """The summary of an evaluation run's ``records``; ``cfg`` is its config (an ``EvalConfig``)."""
+    """The summary of an evaluation run's ``records``; ``cfg`` is its config (an ``EvalConfig``, or
+    its dict as eval_config.json holds it)."""
+    config = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
     # Accuracy and its interval count each problem once (its first sample); costs average over
     # every answer; with several samples a stability block is added.
     first = [r for r in records if r.get("sample", 0) == 0]
@@ -145,13 +148,14 @@ def summarise(records: list[dict], cfg: Any, extra: dict) -> dict:
     def mean(key: str) -> float:  # records of older versions may lack a key
         return sum(r.get(key, 0) for r in records) / len(records) if records else 0.0
 
-    if cfg.samples > 1:
-        extra = {**extra, "stability": stability(records, cfg.samples)}
+    samples = config.get("samples", 1)
+    if samples > 1:
+        extra = {**extra, "stability": stability(records, samples)}
     return {
-        "task": cfg.task,
+        "task": config["task"],
         "split": extra.get("split"),
-        "method": cfg.method,
-        "model": cfg.model,
+        "method": config["method"],
+        "model": config["model"],
         "n": n,
         "correct": correct,
         "accuracy": correct / n if n else 0.0,
@@ -172,5 +176,5 @@ def summarise(records: list[dict], cfg: Any, extra: dict) -> dict:
         "answers_cued": sum(bool(r.get("answer_cued")) for r in first),
         "cued_correct": sum(bool(r.get("answer_cued")) and r["correct"] for r in first),
         **extra,
-        "config": asdict(cfg),
+        "config": config,
     }

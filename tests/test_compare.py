@@ -106,6 +106,27 @@ def _fake_run(path, method, task, correct: dict[str, bool], extra_records=(), re
         (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "torn')
 
 
+def test_a_run_in_progress_is_compared_on_the_records_it_has(runs, tmp_path, capsys):
+    """An evaluation stopped before its summary: summarised from its records, labelled partial,
+    its figures those of a finished run of the same records."""
+    partial = tmp_path / "latent_mas"
+    shutil.copytree(runs / "latent_mas", partial)
+    (partial / "summary.json").unlink()
+    lines = (partial / "records.jsonl").read_text().splitlines(keepends=True)
+    (partial / "records.jsonl").write_text("".join(lines[:2]))
+    assert main(["compare", str(runs / "single"), str(partial), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "latent_mas (partial: 2 of 3)" in text
+    row = next(r for r in csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")) if "partial" in r["run"])
+    kept = [json.loads(line) for line in lines[:2]]
+    assert int(row["n"]) == 2 and float(row["accuracy"]) == sum(r["correct"] for r in kept) / 2
+    paired = list(csv.DictReader(open(tmp_path / "cmp" / "paired.csv")))
+    assert [int(p["shared"]) for p in paired] == [2]
+    (partial / "records.jsonl").write_text("")
+    assert main(["compare", str(partial)]) == 1
+    assert "no records yet" in capsys.readouterr().err
+
+
 def test_mcnemar_p_values():
     assert mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # binomial(12, 1/2) tails
     assert mcnemar_p(2, 10) == mcnemar_p(10, 2)
