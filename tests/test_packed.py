@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import pytest
@@ -128,11 +129,15 @@ def test_greedy_answers_unchanged_by_packing(cls):
 
 def _logits_and_steps(model, ids):
     """Logits of a prefill and of three greedy decode steps (through the KV cache)."""
+    # The cache argument and output as this transformers names them (past_key_values before 5.x).
+    # A PEFT wrapper's forward takes **kwargs: ask the model it wraps.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     out = model(input_ids=ids, use_cache=True)
-    logits, cache = [out.logits], out.past_key_values
+    logits, cache = [out.logits], out[arg]
     for _ in range(3):
         nxt = logits[-1][:, -1:].argmax(-1)
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=nxt, use_cache=True, **{arg: cache})
         logits.append(out.logits)
     return logits
 
