@@ -276,9 +276,15 @@ def trained_base_model(manifest: dict) -> str | None:
 
 
 # What runs saved by earlier versions, whose config.json and manifest lack these keys, did.
-BEFORE_WRITTEN = {"repeat_question": True}
+BEFORE_WRITTEN = {"repeat_question": True, "latent_input": "hidden", "soft_temperature": 1.0}
+LATENT_INPUT_KEYS = ("latent_input", "soft_temperature")
 
 
 def trained_repeat_question(checkpoint: TrainedCheckpoint) -> bool:
     """Whether the checkpoint's agents were trained with the question in every prompt."""
     return bool(checkpoint.manifest.get("repeat_question", BEFORE_WRITTEN["repeat_question"]))
+
+
+def trained_latent_input(checkpoint: TrainedCheckpoint, key: str):
+    """The latent input setting ``key`` (one of LATENT_INPUT_KEYS) the checkpoint was trained with."""
+    return checkpoint.manifest.get(key, BEFORE_WRITTEN[key])

@@ -24,10 +24,9 @@ import math
 from pathlib import Path
 
 from diffmas.errors import DiffMASError
-from diffmas.records import RECORDS, SETTINGS, read_records, summarise
+from diffmas.records import RECORDS, SETTINGS, SUMMARY, read_records, summarise
 from diffmas.report import plot_accuracy
 
-SUMMARY = "summary.json"
 COLUMNS = [
     "run",
     "method",

@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 
 from diffmas.agents import SystemSpec
-from diffmas.checkpoint import TrainedCheckpoint, trained_repeat_question
+from diffmas.checkpoint import LATENT_INPUT_KEYS, TrainedCheckpoint, trained_latent_input, trained_repeat_question
 from diffmas.engine import LM
 from diffmas.errors import DiffMASError
 from diffmas.methods.base import DEFAULT_LATENT_STEPS, MethodConfig, missing_adapter
@@ -50,11 +50,9 @@ class DiffMAS(LatentMAS):
         config = config or MethodConfig()
         if config.repeat_question is None:  # not given: the prompts the adapters were trained on
             config = replace(config, repeat_question=trained_repeat_question(checkpoint))
-        manifest = checkpoint.manifest
-        if config.latent_input is None:  # not given: the latent input the adapters were trained on
-            config = replace(config, latent_input=manifest.get("latent_input", "hidden"))
-        if config.soft_temperature is None:
-            config = replace(config, soft_temperature=manifest.get("soft_temperature", 1.0))
+        for key in LATENT_INPUT_KEYS:  # not given: the latent input the adapters were trained on
+            if getattr(config, key) is None:
+                config = replace(config, **{key: trained_latent_input(checkpoint, key)})
         if config.latent_steps is None:  # not given: as many latent steps as the adapters were trained with
             config = replace(config, latent_steps=checkpoint.manifest.get("latent_steps", DEFAULT_LATENT_STEPS))
         super().__init__(lm, config, family=family, answer_format=answer_format, system=system, adapter=adapter)
@@ -79,9 +77,10 @@ class DiffMAS(LatentMAS):
                 trained,
                 cfg.latent_steps,
             )
-        for key, flag in (("latent_input", "--latent-input"), ("soft_temperature", "--soft-temperature")):
-            trained = checkpoint.manifest.get(key, {"latent_input": "hidden", "soft_temperature": 1.0}[key])
+        for key in LATENT_INPUT_KEYS:
+            trained = trained_latent_input(checkpoint, key)
             if trained != getattr(cfg, key):
+                flag = "--" + key.replace("_", "-")
                 logger.warning(
                     "%s was trained with %s %s; running with %s", checkpoint.path, flag, trained, getattr(cfg, key)
                 )
